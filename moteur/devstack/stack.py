@@ -1,0 +1,188 @@
+"""The whole mesh on one machine: SecantusDB, redis-server, the llama.cpp model server and the five
+services, each a real process on a loopback port. ``make run`` and the end-to-end tests both use it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from moteur.devstack.models import gemma3_path, smollm2_path
+from moteur.devstack.processes import ManagedProcess, free_port, port_open
+
+DEFAULT_DATA_DIR = Path(".data")
+SERVICES = ("router", "memory", "files", "tools", "gateway")  # start order: the gateway last
+
+
+@dataclass
+class StackOptions:
+    data_dir: Path = DEFAULT_DATA_DIR
+    model_server: bool = True  # False: only the instant model (benchmarks of the mesh itself)
+    second_model: bool = False  # also serve Gemma 3 270M (`make run`)
+    preferred_ports: dict[str, int] = field(default_factory=dict)
+    service_env: dict[str, str] = field(default_factory=dict)  # extra MOTEUR_* settings for every service
+
+
+def _grpc_healthy(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def _pick_port(preferred: int | None) -> int:
+    return preferred if preferred and not port_open(preferred) else free_port()
+
+
+class LocalStack:
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = options or StackOptions()
+        self.data_dir = self.options.data_dir.resolve()
+        names = ["mongo", "redis", "model", "model2", *SERVICES, *(f"{s}-metrics" for s in SERVICES)]
+        self.ports = {name: _pick_port(self.options.preferred_ports.get(name)) for name in names}
+        self.processes: dict[str, ManagedProcess] = {}
+        self._define()
+
+    # -- addresses ---------------------------------------------------------------------------------
+    def address(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    @property
+    def mongo_uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.ports['mongo']}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports['redis']}/0"
+
+    @property
+    def models_file(self) -> Path:
+        return self.data_dir / "models.yaml"
+
+    def service_env(self, service: str) -> dict[str, str]:
+        return {
+            "MOTEUR_LISTEN_HOST": "127.0.0.1",
+            "MOTEUR_GRPC_PORT": str(self.ports[service]),
+            "MOTEUR_METRICS_PORT": str(self.ports[f"{service}-metrics"]),
+            "MOTEUR_LOG_FORMAT": "json",
+            "MOTEUR_DRAIN_SECONDS": "3",
+            "MOTEUR_MONGO_URI": self.mongo_uri,
+            "MOTEUR_MONGO_DB": "moteur",
+            "MOTEUR_REDIS_URL": self.redis_url,
+            "MOTEUR_ROUTER_ADDR": self.address("router"),
+            "MOTEUR_MEMORY_ADDR": self.address("memory"),
+            "MOTEUR_FILES_ADDR": self.address("files"),
+            "MOTEUR_TOOLS_ADDR": self.address("tools"),
+            "MOTEUR_MODELS_FILE": str(self.models_file),
+            "MOTEUR_MILVUS_URI": str(self.data_dir / "milvus.db"),
+            "MOTEUR_FILES_DIR": str(self.data_dir / "files"),
+            **self.options.service_env,
+        }
+
+    # -- processes ---------------------------------------------------------------------------------
+    def _define(self) -> None:
+        logs = self.data_dir / "logs"
+        redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
+        secantusd = str(Path(sys.executable).with_name("secantusd-py"))
+        self.processes["mongo"] = ManagedProcess(
+            "mongo", [secantusd, "--host", "127.0.0.1", "--port", str(self.ports["mongo"]),
+                      "--storage-path", str(self.data_dir / "mongo"), "--log-level", "WARNING"],
+            logs / "mongo.log", ready=lambda: port_open(self.ports["mongo"]),
+        )
+        self.processes["redis"] = ManagedProcess(
+            "redis", [redis_server, "--bind", "127.0.0.1", "--port", str(self.ports["redis"]), "--save", "",
+                      "--appendonly", "no", "--dir", str(self.data_dir)],
+            logs / "redis.log", ready=lambda: port_open(self.ports["redis"]),
+        )
+        if self.options.model_server:
+            self.processes["model"] = self._llama("model", smollm2_path(), "smollm2", [])
+        if self.options.model_server and self.options.second_model:
+            self.processes["model2"] = self._llama(
+                "model2", gemma3_path(self.data_dir / "models"), "gemma3", ["--chat_format", "vicuna"]
+            )
+        for service in SERVICES:
+            port = self.ports[service]
+            self.processes[service] = ManagedProcess(
+                service, [sys.executable, "-m", f"moteur.{service}"], logs / f"{service}.log",
+                env=self.service_env(service), ready=lambda port=port: _grpc_healthy(port),
+            )
+
+    def _llama(self, name: str, model: Path, alias: str, extra: list[str]) -> ManagedProcess:
+        port = self.ports[name]
+        return ManagedProcess(
+            name,
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
+             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", *extra],
+            self.data_dir / "logs" / f"{name}.log",
+            ready=lambda: _http_ok(f"http://127.0.0.1:{port}/v1/models"),
+            ready_timeout=120,
+        )
+
+    def write_models_file(self) -> None:
+        models: list[dict[str, object]] = []
+        if self.options.model_server:
+            models.append({
+                "name": "smollm2", "provider": "openai", "model": "smollm2",
+                "base_url": f"http://127.0.0.1:{self.ports['model']}/v1", "context_window": 2048,
+                "max_output_tokens": 256, "timeout_seconds": 60,
+            })
+        if self.options.model_server and self.options.second_model:
+            models.append({
+                "name": "gemma3", "provider": "openai", "model": "gemma3",
+                "base_url": f"http://127.0.0.1:{self.ports['model2']}/v1", "context_window": 2048,
+                "max_output_tokens": 256, "timeout_seconds": 60, "stop": ["USER:"],
+            })
+        models.append({"name": "instant", "provider": "instant", "context_window": 8192})
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        default = "smollm2" if self.options.model_server else "instant"
+        self.models_file.write_text(yaml.safe_dump({"default_model": default, "models": models}, sort_keys=False))
+
+    def start(self) -> None:
+        self.write_models_file()
+        try:
+            for process in self.processes.values():
+                process.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for process in reversed(self.processes.values()):
+            process.stop()
+
+    def restart(self, name: str) -> None:
+        self.processes[name].stop()
+        self.processes[name].start()
+
+    def describe(self) -> dict[str, str]:
+        where = {name: f"127.0.0.1:{self.ports[name]}" for name in self.processes}
+        where.update({f"{s} /metrics": f"http://127.0.0.1:{self.ports[f'{s}-metrics']}/metrics" for s in SERVICES})
+        return where
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def dump(self) -> str:
+        return json.dumps(self.describe(), indent=2)

@@ -1,0 +1,160 @@
+"""The one server interceptor: request id, trace span, structured log line, metrics, error mapping.
+
+It wraps each handler's behaviour rather than stacking several interceptors, because every layer of
+grpc.aio interception costs a few microseconds on the hot path and these concerns share one timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from moteur.runtime import context as call_context
+from moteur.runtime.errors import MoteurError, Unavailable, to_grpc_status
+from moteur.runtime.identity import REQUEST_ID_HEADER, TENANT_HEADER, metadata_value
+from moteur.runtime.ids import new_id
+from moteur.runtime.metrics import RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
+from moteur.runtime.tracing import extract_context
+
+log = structlog.get_logger("moteur.rpc")
+_tracer = trace.get_tracer("moteur.rpc")
+
+# Calls that are infrastructure, not traffic: not logged at info level.
+_QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def translate_exception(exc: BaseException) -> MoteurError | None:
+    """Store failures from libraries become UNAVAILABLE with a readable message; others stay unknown."""
+    import pymongo.errors
+    import redis.exceptions
+
+    if isinstance(exc, MoteurError):
+        return exc
+    if isinstance(exc, pymongo.errors.ConnectionFailure | pymongo.errors.ServerSelectionTimeoutError):
+        return Unavailable("the session store (MongoDB) is unreachable; retry shortly")
+    if isinstance(exc, redis.exceptions.ConnectionError):
+        return Unavailable("the limits store (Redis) is unreachable; retry shortly")
+    return None
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        full_method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(full_method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(full_method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client-streaming and bidi calls are not part of the v1 API
+
+    def _wrap_unary(self, full_method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = _Call(self._service, full_method, context)
+            with call:
+                try:
+                    return await behavior(request, context)
+                except BaseException as exc:  # every outcome is recorded, then re-raised
+                    await call.fail(exc)
+                    raise
+
+        return unary
+
+    def _wrap_stream(self, full_method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(self._service, full_method, context)
+            with call:
+                try:
+                    async for message in behavior(request, context):
+                        yield message
+                except BaseException as exc:
+                    await call.fail(exc)
+                    raise
+
+        return stream
+
+
+class _Call:
+    """Book-keeping of one RPC: binds its context, then records its outcome once."""
+
+    def __init__(self, service: str, full_method: str, context: grpc.aio.ServicerContext) -> None:
+        self.service = service
+        self.method = full_method.rsplit("/", 1)[-1]
+        self.full_method = full_method
+        self.context = context
+        self.code = grpc.StatusCode.OK
+        self.quiet = full_method.startswith(_QUIET_PREFIXES)
+
+    def __enter__(self) -> _Call:
+        metadata = self.context.invocation_metadata()
+        self.request_id = metadata_value(metadata, REQUEST_ID_HEADER) or new_id()
+        self.tenant = metadata_value(metadata, TENANT_HEADER)
+        remaining = self.context.time_remaining()
+        self.started = time.perf_counter()
+        self._tokens = [
+            call_context.request_id_var.set(self.request_id),
+            call_context.deadline_var.set(None if remaining is None else time.monotonic() + remaining),
+        ]
+        structlog.contextvars.bind_contextvars(request_id=self.request_id, method=self.method)
+        self._span = _tracer.start_as_current_span(
+            self.full_method.lstrip("/"), context=extract_context(metadata), kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": self.service, "rpc.method": self.method},
+        )
+        self.span = self._span.__enter__()
+        RPC_IN_FLIGHT.labels(self.service, self.method).inc()
+        return self
+
+    async def fail(self, exc: BaseException) -> None:
+        """Map the exception to a status and abort the call with it (grpc raises to unwind)."""
+        if isinstance(exc, asyncio.CancelledError):
+            self.code = grpc.StatusCode.CANCELLED
+            return
+        if isinstance(exc, grpc.aio.AbortError):  # the handler aborted with its own status
+            self.code = self.context.code() or grpc.StatusCode.UNKNOWN
+            return
+        error = translate_exception(exc)
+        if error is None:
+            log.error("rpc.unhandled_error", exc_info=exc)
+            error = MoteurError(f"internal error; quote request id {self.request_id} when reporting it")
+        self.code = error.code
+        self.span.set_attribute("moteur.error", error.message)
+        status = to_grpc_status(error)
+        await self.context.abort(status.code, status.details, status.trailing_metadata)
+
+    def __exit__(self, *exc_info: object) -> None:
+        elapsed = time.perf_counter() - self.started
+        RPC_IN_FLIGHT.labels(self.service, self.method).dec()
+        RPC_LATENCY.labels(self.service, self.method).observe(elapsed)
+        RPC_REQUESTS.labels(self.service, self.method, self.code.name).inc()
+        if self.code is not grpc.StatusCode.OK:
+            self.span.set_status(Status(StatusCode.ERROR, self.code.name))
+        self.span.set_attribute("rpc.grpc.status_code", self.code.value[0])
+        self._span.__exit__(None, None, None)
+        if not self.quiet or self.code is not grpc.StatusCode.OK:
+            log.info("rpc", code=self.code.name, ms=round(elapsed * 1000, 2), tenant=self.tenant or None)
+        structlog.contextvars.unbind_contextvars("request_id", "method")
+        call_context.request_id_var.reset(self._tokens[0])
+        call_context.deadline_var.reset(self._tokens[1])

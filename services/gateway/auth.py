@@ -1,0 +1,125 @@
+"""API keys: created by operators, stored hashed, resolved to an identity on every call.
+
+A key is ``mot_`` followed by 32 random bytes (URL-safe base64). It has 256 bits of entropy, so a plain
+SHA-256 is the right hash: a slow password hash would only add latency to every request without making
+a random 256-bit secret any harder to guess. Only the hash is stored; the plaintext is shown once.
+
+Resolved keys are cached in the gateway process for ``cache_seconds``; revoking a key therefore takes
+effect within that time on every replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from pymongo.asynchronous.database import AsyncDatabase
+
+from moteur.runtime.errors import InvalidArgument, Unauthenticated
+from moteur.runtime.identity import Identity, metadata_value
+from moteur.runtime.ids import new_id
+
+KEY_PREFIX = "mot_"
+TIERS = ("free", "standard", "pro", "enterprise", "service")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str
+    tenant: str
+    user: str  # empty: a service key, which may act for any user of its tenant
+    tier: str
+    name: str
+    created_at: datetime
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(tenant=self.tenant, user=self.user, tier=self.tier, key_id=self.key_id)
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+class ApiKeyStore:
+    """The ``api_keys`` collection: one document per key, found by the hash of its secret."""
+
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._keys = db["api_keys"]
+
+    async def ensure_indexes(self) -> None:
+        await self._keys.create_index("hash", unique=True)
+        await self._keys.create_index([("tenant", 1), ("_id", 1)])
+
+    async def create(self, tenant: str, user: str = "", tier: str = "standard", name: str = "") -> tuple[str, ApiKey]:
+        """A new key; returns its plaintext (shown once, never stored) and its record."""
+        if not tenant or len(tenant) > 64:
+            raise InvalidArgument("tenant", "1 to 64 characters")
+        if len(user) > 128:
+            raise InvalidArgument("user", "at most 128 characters")
+        if tier not in TIERS:
+            raise InvalidArgument("tier", f"one of {', '.join(TIERS)}")
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(new_id(), tenant, user, tier, name, datetime.now(UTC))
+        await self._keys.insert_one(
+            {"_id": key.key_id, "hash": hash_key(plaintext), "tenant": tenant, "user": user, "tier": tier,
+             "name": name, "created_at": key.created_at, "revoked": False}
+        )
+        return plaintext, key
+
+    async def find(self, key_hash: str) -> ApiKey | None:
+        doc = await self._keys.find_one({"hash": key_hash, "revoked": False})
+        return None if doc is None else _from_doc(doc)
+
+    async def list(self, tenant: str) -> list[ApiKey]:
+        return [_from_doc(d) async for d in self._keys.find({"tenant": tenant, "revoked": False}).sort("_id", 1)]
+
+    async def revoke(self, tenant: str, key_id: str) -> bool:
+        result = await self._keys.update_one({"_id": key_id, "tenant": tenant}, {"$set": {"revoked": True}})
+        return result.modified_count == 1
+
+
+def _from_doc(doc: dict) -> ApiKey:
+    return ApiKey(doc["_id"], doc["tenant"], doc["user"], doc["tier"], doc.get("name", ""), doc["created_at"])
+
+
+class Authenticator:
+    """Turns the API key in call metadata into an :class:`Identity`, with a small bounded cache."""
+
+    def __init__(self, store: ApiKeyStore, cache_seconds: float = 30.0, cache_size: int = 10_000) -> None:
+        self._store = store
+        self._cache_seconds = cache_seconds
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[float, ApiKey]] = OrderedDict()
+
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> Identity:
+        # Cached by hash, so plaintext keys are not kept in memory longer than the call.
+        key_hash = hash_key(_key_from_metadata(context.invocation_metadata()))
+        now = time.monotonic()
+        cached = self._cache.get(key_hash)
+        if cached is not None and cached[0] > now:
+            return cached[1].identity
+        key = await self._store.find(key_hash)
+        if key is None:
+            raise Unauthenticated("API key not recognised (revoked, mistyped or from another deployment)")
+        self._cache[key_hash] = (now + self._cache_seconds, key)
+        self._cache.move_to_end(key_hash)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return key.identity
+
+
+def _key_from_metadata(metadata: object) -> str:
+    header = metadata_value(metadata, "authorization")  # type: ignore[arg-type]
+    key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    key = key or metadata_value(metadata, "x-api-key").strip()  # type: ignore[arg-type]
+    if not key:
+        raise Unauthenticated("missing API key: send metadata 'authorization: Bearer <key>' (moteur keys create)")
+    if not key.startswith(KEY_PREFIX):
+        raise Unauthenticated(f"malformed API key: moteur keys start with {KEY_PREFIX!r}")
+    return key

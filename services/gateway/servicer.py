@@ -1,0 +1,197 @@
+"""moteur.v1.Gateway over gRPC: authenticate, validate, call the domain, answer in protobuf."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from moteur.gateway import validation as check
+from moteur.gateway.auth import Authenticator
+from moteur.gateway.conversation import Conversation, TextDelta, TurnInput, TurnResult, TurnStarted
+from moteur.gateway.sessions import Session, SessionStore, StoredMessage, parse_session_id
+
+from moteur.runtime.errors import InvalidArgument, not_built_yet
+from moteur.runtime.identity import Identity
+from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+_ROLES = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT,
+          "system": common_pb2.ROLE_SYSTEM, "tool": common_pb2.ROLE_TOOL}
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, auth: Authenticator, sessions: SessionStore, conversation: Conversation) -> None:
+        self._auth = auth
+        self._sessions = sessions
+        self._conversation = conversation
+
+    async def Chat(
+        self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ChatResponse:
+        identity = await self._auth.authenticate(context)
+        turn = _turn_input(identity, request)
+        result = await self._conversation.chat(identity, check.scope(identity, turn.user), turn)
+        return _chat_response(result)
+
+    async def ChatStream(
+        self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.ChatEvent]:
+        identity = await self._auth.authenticate(context)
+        turn = _turn_input(identity, request)
+        async for event in self._conversation.chat_stream(identity, check.scope(identity, turn.user), turn):
+            match event:
+                case TurnStarted():
+                    yield gateway_pb2.ChatEvent(started=gateway_pb2.ChatStarted(
+                        session_id=event.session_id, user_message_id=event.user_message_id))
+                case TextDelta():
+                    yield gateway_pb2.ChatEvent(delta=common_pb2.TokenDelta(text=event.text))
+                case TurnResult():
+                    yield gateway_pb2.ChatEvent(final=_chat_response(event))
+
+    async def SubmitToolResults(
+        self, request: gateway_pb2.SubmitToolResultsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ChatResponse:
+        await self._auth.authenticate(context)
+        raise not_built_yet("Gateway.SubmitToolResults", "issue #7 (function calling)")
+
+    async def CreateSession(
+        self, request: gateway_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.Session:
+        identity = await self._auth.authenticate(context)
+        user = _required_user(identity, request.user_id)
+        title = check.text_at_most(request.title, "title", check.MAX_TITLE_CHARS)
+        session = await self._sessions.create(
+            identity.tenant, user, title, check.metadata(request.metadata.entries)
+        )
+        return _session(session)
+
+    async def GetSession(
+        self, request: gateway_pb2.GetSessionRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.GetSessionResponse:
+        identity = await self._auth.authenticate(context)
+        session_id = parse_session_id(request.session_id)
+        size = check.page_size(request.page_size, 50, check.MAX_PAGE_MESSAGES)
+        after = _message_cursor(request.page_token)
+        scope = check.scope(identity, identity.user)
+        session = await self._sessions.get(scope, session_id)
+        messages, cursor = await self._sessions.messages(scope, session_id, size, after)
+        return gateway_pb2.GetSessionResponse(
+            session=_session(session), messages=[_message(m) for m in messages], next_page_token=cursor
+        )
+
+    async def ListSessions(
+        self, request: gateway_pb2.ListSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ListSessionsResponse:
+        identity = await self._auth.authenticate(context)
+        user = check.acting_user(identity, request.user_id)
+        size = check.page_size(request.page_size, 20, check.MAX_PAGE_SESSIONS)
+        sessions, cursor = await self._sessions.list(
+            check.scope(identity, user), size, check.page_token(request.page_token)
+        )
+        return gateway_pb2.ListSessionsResponse(sessions=[_session(s) for s in sessions], next_page_token=cursor)
+
+    async def DeleteSession(
+        self, request: gateway_pb2.DeleteSessionRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.DeleteSessionResponse:
+        identity = await self._auth.authenticate(context)
+        session_id = parse_session_id(request.session_id)
+        deleted = await self._sessions.delete(check.scope(identity, identity.user), session_id)
+        return gateway_pb2.DeleteSessionResponse(deleted_messages=deleted)
+
+    async def GetUsage(self, request: gateway_pb2.GetUsageRequest, context: grpc.aio.ServicerContext) -> None:
+        await self._auth.authenticate(context)
+        raise not_built_yet("Gateway.GetUsage", "issue #4 (admission: limits, quotas, usage)")
+
+    async def ListAlerts(self, request: gateway_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext) -> None:
+        await self._auth.authenticate(context)
+        raise not_built_yet("Gateway.ListAlerts", "issue #4 (admission: limits, quotas, usage)")
+
+    async def GetLimits(self, request: gateway_pb2.GetLimitsRequest, context: grpc.aio.ServicerContext) -> None:
+        await self._auth.authenticate(context)
+        raise not_built_yet("Gateway.GetLimits", "issue #4 (admission: limits, quotas, usage)")
+
+    async def SetLimits(self, request: gateway_pb2.SetLimitsRequest, context: grpc.aio.ServicerContext) -> None:
+        await self._auth.authenticate(context)
+        raise not_built_yet("Gateway.SetLimits", "issue #4 (admission: limits, quotas, usage)")
+
+
+def _turn_input(identity: Identity, request: gateway_pb2.ChatRequest) -> TurnInput:
+    message = check.message_text(request.message)
+    session_id = check.optional_session_id(request.session_id)
+    user = check.acting_user(identity, request.user_id)
+    if not session_id and not user:
+        raise InvalidArgument("user_id", "required with a service key (one created without --user)")
+    request_type = check.enum_value(common_pb2.RequestType, request.request_type, "request_type")
+    priority = check.enum_value(common_pb2.Priority, request.priority, "priority")
+    check.enum_value(common_pb2.FileFormat, request.output_format, "output_format")
+    if request.output_format != common_pb2.FILE_FORMAT_UNSPECIFIED or request.output_template:
+        raise not_built_yet("Rendering a chat answer into a file (output_format)", "issue #8 (files)")
+    if request.client_tools:
+        raise not_built_yet("Caller-side tools (client_tools)", "issue #7 (function calling)")
+    return TurnInput(
+        session_id=session_id,
+        user=user,
+        message=message,
+        request_type=request_type,
+        priority=priority or common_pb2.PRIORITY_NORMAL,
+        model_hint=check.model_hint(request.model_hint),
+        max_output_tokens=check.bounded(request.max_output_tokens, "max_output_tokens", check.MAX_OUTPUT_TOKENS),
+        idempotency_key=check.text_at_most(request.idempotency_key, "idempotency_key",
+                                           check.MAX_IDEMPOTENCY_KEY_CHARS),
+        metadata=check.metadata(request.metadata.entries),
+    )
+
+
+def _required_user(identity: Identity, requested: str) -> str:
+    user = check.acting_user(identity, requested)
+    if not user:
+        raise InvalidArgument("user_id", "required with a service key (one created without --user)")
+    return user
+
+
+def _message_cursor(token: str) -> str:
+    return parse_session_id(token, "page_token") if token else ""
+
+
+def _timestamp(value: object) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)  # type: ignore[arg-type]
+    return stamp
+
+
+def _usage(values: dict[str, int]) -> common_pb2.Usage:
+    return common_pb2.Usage(
+        input_tokens=values.get("input_tokens", 0), output_tokens=values.get("output_tokens", 0),
+        total_tokens=values.get("input_tokens", 0) + values.get("output_tokens", 0),
+        cost_micro_usd=values.get("cost_micro_usd", 0),
+    )
+
+
+def _message(message: StoredMessage) -> common_pb2.Message:
+    return common_pb2.Message(
+        id=message.id, role=_ROLES[message.role], content=message.content,
+        created_at=_timestamp(message.created_at), model=message.model,
+        usage=_usage(message.usage) if message.usage else None,
+    )
+
+
+def _session(session: Session) -> gateway_pb2.Session:
+    return gateway_pb2.Session(
+        id=session.id, user_id=session.user, title=session.title, created_at=_timestamp(session.created_at),
+        updated_at=_timestamp(session.updated_at), message_count=session.message_count,
+        metadata=common_pb2.Metadata(entries=session.metadata),
+    )
+
+
+def _chat_response(result: TurnResult) -> gateway_pb2.ChatResponse:
+    return gateway_pb2.ChatResponse(
+        session_id=result.session_id,
+        message=_message(result.answer),
+        usage=_usage(result.answer.usage),
+        model=result.answer.model,
+        finish_reason=result.finish_reason,
+        status=gateway_pb2.TURN_STATUS_COMPLETED,
+        user_message_id=result.user_message_id,
+        idempotent_replay=result.replay,
+        route=common_pb2.Metadata(entries=result.route),
+    )

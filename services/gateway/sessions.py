@@ -1,0 +1,160 @@
+"""Sessions and their messages in MongoDB, always scoped by tenant (and by user for user keys).
+
+Layout: ``messages`` holds every message (paged reads, never lost); each ``sessions`` document also
+keeps its newest :data:`RECENT_MESSAGES` messages in ``recent``, so that a chat turn reads the session and
+its history in one indexed lookup instead of a range scan over a long conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pymongo import DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from moteur.runtime.errors import InvalidArgument, NotFound
+from moteur.runtime.ids import is_valid_id, new_id
+
+RECENT_MESSAGES = 50
+Role = Literal["user", "assistant", "system", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Whose sessions a caller may touch: a tenant, and a user unless the key is a service key."""
+
+    tenant: str
+    user: str | None  # None: any user of the tenant
+
+    def filter(self, **extra: Any) -> dict[str, Any]:
+        query = {"tenant": self.tenant, **extra}
+        if self.user is not None:
+            query["user"] = self.user
+        return query
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    id: str
+    role: Role
+    content: str
+    created_at: datetime
+    model: str = ""
+    usage: dict[str, int] = field(default_factory=dict)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"_id": self.id, "role": self.role, "content": self.content, "created_at": self.created_at,
+                "model": self.model, "usage": self.usage}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> StoredMessage:
+        return cls(doc["_id"], doc["role"], doc["content"], doc["created_at"], doc.get("model", ""),
+                   doc.get("usage") or {})
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    tenant: str
+    user: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    message_count: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    recent: list[StoredMessage] = field(default_factory=list)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Session:
+        return cls(
+            doc["_id"], doc["tenant"], doc["user"], doc.get("title", ""), doc["created_at"], doc["updated_at"],
+            doc.get("message_count", 0), doc.get("metadata") or {},
+            [StoredMessage.from_doc(m) for m in doc.get("recent", [])],
+        )
+
+
+def new_message(role: Role, content: str, model: str = "", usage: dict[str, int] | None = None) -> StoredMessage:
+    return StoredMessage(new_id(), role, content, datetime.now(UTC), model, usage or {})
+
+
+def parse_session_id(value: str, field_name: str = "session_id") -> str:
+    if not is_valid_id(value):
+        raise InvalidArgument(
+            field_name, f"{value[:40]!r} is not a session id (26-character ULID as returned by CreateSession)"
+        )
+    return value.upper()
+
+
+class SessionStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._sessions = db["sessions"]
+        self._messages = db["messages"]
+
+    async def ensure_indexes(self) -> None:
+        await self._sessions.create_index([("tenant", 1), ("user", 1), ("_id", DESCENDING)])
+        await self._messages.create_index([("tenant", 1), ("session_id", 1), ("_id", 1)])
+
+    async def create(self, tenant: str, user: str, title: str = "", metadata: dict[str, str] | None = None) -> Session:
+        now = datetime.now(UTC)
+        session = Session(new_id(), tenant, user, title, now, now, 0, metadata or {})
+        await self._sessions.insert_one(
+            {"_id": session.id, "tenant": tenant, "user": user, "title": title, "created_at": now,
+             "updated_at": now, "message_count": 0, "metadata": session.metadata, "recent": []}
+        )
+        return session
+
+    async def get(self, scope: Scope, session_id: str) -> Session:
+        doc = await self._sessions.find_one(scope.filter(_id=session_id))
+        if doc is None:
+            raise NotFound(f"session {session_id} not found")
+        return Session.from_doc(doc)
+
+    async def append(self, session: Session, messages: Sequence[StoredMessage]) -> None:
+        """Persist messages: each in ``messages``, and at the end of the session's ``recent`` window."""
+        docs = [m.to_doc() for m in messages]
+        # Two independent writes, sent together: the turn waits for one round trip, not two.
+        await asyncio.gather(
+            self._messages.insert_many(
+                [{**d, "tenant": session.tenant, "session_id": session.id, "user": session.user} for d in docs]
+            ),
+            self._sessions.update_one(
+                {"_id": session.id, "tenant": session.tenant},
+                {
+                    "$push": {"recent": {"$each": docs, "$slice": -RECENT_MESSAGES}},
+                    "$inc": {"message_count": len(docs)},
+                    "$set": {"updated_at": messages[-1].created_at},
+                },
+            ),
+        )
+
+    async def messages(
+        self, scope: Scope, session_id: str, page_size: int, after_id: str = ""
+    ) -> tuple[list[StoredMessage], str]:
+        """Oldest first, ``page_size`` at a time; returns the page and the next page's cursor ('' at the end)."""
+        query = scope.filter(session_id=session_id)
+        if after_id:
+            query["_id"] = {"$gt": after_id}
+        docs = await self._messages.find(query).sort("_id", 1).limit(page_size + 1).to_list()
+        page = [StoredMessage.from_doc(d) for d in docs[:page_size]]
+        return page, (page[-1].id if len(docs) > page_size else "")
+
+    async def list(self, scope: Scope, page_size: int, before_id: str = "") -> tuple[list[Session], str]:
+        """Newest first; returns the page and the next page's cursor ('' at the end)."""
+        query = scope.filter()
+        if before_id:
+            query["_id"] = {"$lt": before_id}
+        docs = await self._sessions.find(query, {"recent": 0}).sort("_id", -1).limit(page_size + 1).to_list()
+        page = [Session.from_doc(d) for d in docs[:page_size]]
+        return page, (page[-1].id if len(docs) > page_size else "")
+
+    async def delete(self, scope: Scope, session_id: str) -> int:
+        """Delete a session and its messages; returns how many messages went with it."""
+        result = await self._sessions.delete_one(scope.filter(_id=session_id))
+        if result.deleted_count == 0:
+            raise NotFound(f"session {session_id} not found")
+        deleted = await self._messages.delete_many({"tenant": scope.tenant, "session_id": session_id})
+        return deleted.deleted_count
