@@ -154,7 +154,9 @@ class _Call:
         self.span.set_attribute("rpc.grpc.status_code", self.code.value[0])
         self._span.__exit__(None, None, None)
         if not self.quiet or self.code is not grpc.StatusCode.OK:
-            log.info("rpc", code=self.code.name, ms=round(elapsed * 1000, 2), tenant=self.tenant or None)
+            trace_id = format(self.span.get_span_context().trace_id, "032x")
+            log.info("rpc", code=self.code.name, ms=round(elapsed * 1000, 2), tenant=self.tenant or None,
+                     trace_id=trace_id)
         structlog.contextvars.unbind_contextvars("request_id", "method")
         call_context.request_id_var.reset(self._tokens[0])
         call_context.deadline_var.reset(self._tokens[1])

@@ -10,7 +10,6 @@ from moteur.gateway.idempotency import IdempotencyStore
 from moteur.gateway.servicer import GatewayServicer
 from moteur.gateway.sessions import SessionStore
 from moteur.gateway.usage import UsageLedger
-
 from moteur.runtime.channels import open_channel
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.server import Registration, ServiceApp, run
@@ -27,7 +26,7 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     for store in (keys, sessions, usage, idempotency):
         await store.ensure_indexes()
     conversation = Conversation(
-        sessions, usage, idempotency, router_pb2_grpc.RouterStub(router_channel), mesh.call_timeout_seconds
+        mongo, sessions, usage, idempotency, router_pb2_grpc.RouterStub(router_channel), mesh.call_timeout_seconds
     )
     try:
         yield [

@@ -1,9 +1,9 @@
 """The conversation loop of one chat turn: session → history → model → persisted answer.
 
-Promises: the user's message is persisted whatever happens to the model call (it is written while the
-model works, and awaited before any error is raised); the answer and its token usage are persisted
-before the caller sees them; a turn under an idempotency key runs at most once. Recalled memories, tool
-calls and files join this loop in later issues.
+Promises: the answer, the question and the token usage are persisted before the caller sees the answer,
+in one round trip to the store; when the model call fails (or the caller goes away) the question is
+persisted all the same before the error is raised; a turn under an idempotency key runs at most once.
+Recalled memories, tool calls and files join this loop in later issues.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ from typing import Any
 
 import grpc
 import structlog
+from pymongo import AsyncMongoClient
+
 from moteur.gateway.idempotency import IdempotencyStore, fingerprint
 from moteur.gateway.sessions import Scope, Session, SessionStore, StoredMessage, new_message
 from moteur.gateway.usage import TokenUsage, UsageLedger
-
 from moteur.runtime.channels import mesh_metadata
 from moteur.runtime.context import outgoing_timeout
 from moteur.runtime.errors import Unavailable, from_rpc_error
 from moteur.runtime.identity import Identity
+from moteur.runtime.mongo import write_together
 from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 log = structlog.get_logger("moteur.gateway.conversation")
@@ -86,9 +88,10 @@ TurnEvent = TurnStarted | TextDelta | TurnResult
 
 class Conversation:
     def __init__(
-        self, sessions: SessionStore, usage: UsageLedger, idempotency: IdempotencyStore,
+        self, mongo: AsyncMongoClient, sessions: SessionStore, usage: UsageLedger, idempotency: IdempotencyStore,
         router: router_pb2_grpc.RouterStub, call_timeout: float,
     ) -> None:
+        self._mongo = mongo
         self._sessions = sessions
         self._usage = usage
         self._idempotency = idempotency
@@ -119,9 +122,7 @@ class Conversation:
         completed = False
         try:
             async for event in self._run(identity, scope, turn, stream):
-                if isinstance(event, TurnResult) and turn.idempotency_key:
-                    await self._idempotency.complete(identity.tenant, turn.idempotency_key, event.to_record())
-                    completed = True
+                completed = isinstance(event, TurnResult)
                 yield event
         finally:
             if turn.idempotency_key and not completed:
@@ -131,12 +132,9 @@ class Conversation:
         if turn.session_id:
             session = await self._sessions.get(scope, turn.session_id)
         else:
-            session = await self._sessions.create(identity.tenant, turn.user, title=turn.message[:80])
+            session = SessionStore.new(identity.tenant, turn.user, title=turn.message[:80])
         question = new_message("user", turn.message)
         request = self._prompt(session, question, turn)
-        # The user's message is written while the model works; it is awaited (shielded from cancellation)
-        # before anything else happens, so it is persisted even when the model call fails.
-        persisting = asyncio.ensure_future(self._sessions.append(session, [question]))
         yield TurnStarted(session.id, question.id)
         try:
             final = None if stream else await self._complete(identity, request)
@@ -146,22 +144,36 @@ class Conversation:
                         yield TextDelta(item)
                     else:
                         final = item
-        finally:
-            await asyncio.shield(persisting)
-        if final is None:
-            raise Unavailable("the router ended the stream without a final answer; retry")
+            if final is None:
+                raise Unavailable("the router ended the stream without a final answer; retry")
+        except BaseException:
+            # The turn failed (model down, deadline, caller gone): the question is persisted all the same.
+            await asyncio.shield(self._persist_question(session, question))
+            raise
         usage = TokenUsage(final.usage.input_tokens, final.usage.output_tokens, final.usage.cost_micro_usd)
         answer = new_message("assistant", final.text, model=final.model, usage=usage.as_dict())
-        await asyncio.gather(
-            self._sessions.append(session, [answer]),
-            self._usage.record(identity, session.user, session.id, final.model, usage),
+        result = TurnResult(
+            session.id, question.id, answer, final.finish_reason,
+            route={"route": final.route, "attempts": ",".join(final.attempts),
+                   "dropped_messages": str(final.dropped_messages)},
         )
+        # Question, answer, session window, usage and idempotency record: one round trip to the store.
+        writes = [
+            *self._sessions.turn_writes(session, [question, answer]),
+            self._usage.record_write(identity, session.user, session.id, final.model, usage),
+        ]
+        if turn.idempotency_key:
+            writes.append(self._idempotency.complete_write(identity.tenant, turn.idempotency_key, result.to_record()))
+        await write_together(self._mongo, writes)
         log.info("chat.turn", session_id=session.id, model=final.model, input_tokens=usage.input_tokens,
                  output_tokens=usage.output_tokens, dropped_messages=final.dropped_messages)
-        yield TurnResult(
-            session.id, question.id, answer, final.finish_reason,
-            route={"route": final.route, "attempts": ",".join(final.attempts)},
-        )
+        yield result
+
+    async def _persist_question(self, session: Session, question: StoredMessage) -> None:
+        try:
+            await write_together(self._mongo, self._sessions.turn_writes(session, [question]))
+        except Exception:
+            log.exception("chat.question_not_persisted", session_id=session.id, message_id=question.id)
 
     def _prompt(self, session: Session, question: StoredMessage, turn: TurnInput) -> router_pb2.CompleteRequest:
         history = [

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -70,9 +71,11 @@ class IdempotencyStore:
                 return None
         raise Aborted(f"a request with idempotency key {key!r} is still in progress; retry when it has finished")
 
-    async def complete(self, tenant: str, key: str, answer: dict[str, Any]) -> None:
-        await self._records.update_one(
-            {"_id": f"{tenant}\x1f{key}"}, {"$set": {"state": "done", "answer": answer}}
+    def complete_write(self, tenant: str, key: str, answer: dict[str, Any]) -> UpdateOne:
+        """The write that records the answer, sent with the turn's messages so both land together."""
+        return UpdateOne(
+            {"_id": f"{tenant}\x1f{key}"}, {"$set": {"state": "done", "answer": answer}},
+            namespace=self._records.full_name,
         )
 
     async def release(self, tenant: str, key: str) -> None:

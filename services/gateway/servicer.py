@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from moteur.gateway import validation as check
 from moteur.gateway.auth import Authenticator
 from moteur.gateway.conversation import Conversation, TextDelta, TurnInput, TurnResult, TurnStarted
 from moteur.gateway.sessions import Session, SessionStore, StoredMessage, parse_session_id
-
 from moteur.runtime.errors import InvalidArgument, not_built_yet
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc

@@ -3,17 +3,20 @@
 Layout: ``messages`` holds every message (paged reads, never lost); each ``sessions`` document also
 keeps its newest :data:`RECENT_MESSAGES` messages in ``recent``, so that a chat turn reads the session and
 its history in one indexed lookup instead of a range scan over a long conversation.
+
+A chat turn's writes are returned as operations (:meth:`SessionStore.turn_writes`) rather than executed,
+so the conversation can send them with the turn's other writes in one round trip (see
+:func:`moteur.runtime.mongo.write_together`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pymongo import DESCENDING
+from pymongo import DESCENDING, InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from moteur.runtime.errors import InvalidArgument, NotFound
@@ -67,6 +70,12 @@ class Session:
     message_count: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
     recent: list[StoredMessage] = field(default_factory=list)
+    stored: bool = True  # False: created for this turn, written with the turn's messages
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"_id": self.id, "tenant": self.tenant, "user": self.user, "title": self.title,
+                "created_at": self.created_at, "updated_at": self.updated_at, "message_count": self.message_count,
+                "metadata": self.metadata, "recent": [m.to_doc() for m in self.recent]}
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Session:
@@ -98,13 +107,16 @@ class SessionStore:
         await self._sessions.create_index([("tenant", 1), ("user", 1), ("_id", DESCENDING)])
         await self._messages.create_index([("tenant", 1), ("session_id", 1), ("_id", 1)])
 
-    async def create(self, tenant: str, user: str, title: str = "", metadata: dict[str, str] | None = None) -> Session:
+    @staticmethod
+    def new(tenant: str, user: str, title: str = "", metadata: dict[str, str] | None = None) -> Session:
+        """A session not yet stored: :meth:`turn_writes` stores it with its first messages."""
         now = datetime.now(UTC)
-        session = Session(new_id(), tenant, user, title, now, now, 0, metadata or {})
-        await self._sessions.insert_one(
-            {"_id": session.id, "tenant": tenant, "user": user, "title": title, "created_at": now,
-             "updated_at": now, "message_count": 0, "metadata": session.metadata, "recent": []}
-        )
+        return Session(new_id(), tenant, user, title, now, now, 0, metadata or {}, stored=False)
+
+    async def create(self, tenant: str, user: str, title: str = "", metadata: dict[str, str] | None = None) -> Session:
+        session = self.new(tenant, user, title, metadata)
+        await self._sessions.insert_one(session.to_doc())
+        session.stored = True
         return session
 
     async def get(self, scope: Scope, session_id: str) -> Session:
@@ -113,23 +125,29 @@ class SessionStore:
             raise NotFound(f"session {session_id} not found")
         return Session.from_doc(doc)
 
-    async def append(self, session: Session, messages: Sequence[StoredMessage]) -> None:
-        """Persist messages: each in ``messages``, and at the end of the session's ``recent`` window."""
+    def turn_writes(self, session: Session, messages: Sequence[StoredMessage]) -> list[InsertOne | UpdateOne]:
+        """The writes that persist ``messages`` in ``session`` (and the session itself when new)."""
         docs = [m.to_doc() for m in messages]
-        # Two independent writes, sent together: the turn waits for one round trip, not two.
-        await asyncio.gather(
-            self._messages.insert_many(
-                [{**d, "tenant": session.tenant, "session_id": session.id, "user": session.user} for d in docs]
-            ),
-            self._sessions.update_one(
-                {"_id": session.id, "tenant": session.tenant},
-                {
-                    "$push": {"recent": {"$each": docs, "$slice": -RECENT_MESSAGES}},
-                    "$inc": {"message_count": len(docs)},
-                    "$set": {"updated_at": messages[-1].created_at},
-                },
-            ),
-        )
+        writes: list[InsertOne | UpdateOne] = [
+            InsertOne({**d, "tenant": session.tenant, "session_id": session.id, "user": session.user},
+                      namespace=self._messages.full_name)
+            for d in docs
+        ]
+        if not session.stored:
+            session.recent, session.message_count = list(messages), len(messages)
+            session.updated_at = messages[-1].created_at
+            writes.append(InsertOne(session.to_doc(), namespace=self._sessions.full_name))
+            return writes
+        writes.append(UpdateOne(
+            {"_id": session.id, "tenant": session.tenant},
+            {
+                "$push": {"recent": {"$each": docs, "$slice": -RECENT_MESSAGES}},
+                "$inc": {"message_count": len(docs)},
+                "$set": {"updated_at": messages[-1].created_at},
+            },
+            namespace=self._sessions.full_name,
+        ))
+        return writes
 
     async def messages(
         self, scope: Scope, session_id: str, page_size: int, after_id: str = ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from pymongo import InsertOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from moteur.runtime.identity import Identity
@@ -37,8 +38,10 @@ class UsageLedger:
     async def ensure_indexes(self) -> None:
         await self._usage.create_index([("tenant", 1), ("created_at", 1)])
 
-    async def record(self, identity: Identity, user: str, session_id: str, model: str, usage: TokenUsage) -> None:
-        await self._usage.insert_one(
+    def record_write(self, identity: Identity, user: str, session_id: str, model: str, usage: TokenUsage) -> InsertOne:
+        """The write that records one turn's usage, sent with the turn's messages."""
+        return InsertOne(
             {"_id": new_id(), "tenant": identity.tenant, "key_id": identity.key_id, "user": user,
-             "session_id": session_id, "model": model, **usage.as_dict(), "created_at": datetime.now(UTC)}
+             "session_id": session_id, "model": model, **usage.as_dict(), "created_at": datetime.now(UTC)},
+            namespace=self._usage.full_name,
         )

@@ -6,8 +6,8 @@ import re
 from collections.abc import Mapping
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
-from moteur.gateway.sessions import Scope, parse_session_id
 
+from moteur.gateway.sessions import Scope, parse_session_id
 from moteur.runtime.errors import InvalidArgument, PermissionDenied
 from moteur.runtime.identity import Identity
 

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Sequence
 from moteur.router.orchestrator import ModelRouter
 from moteur.router.registry import load_models
 from moteur.router.servicer import RouterServicer
-
 from moteur.runtime.server import Registration, ServiceApp, run
 from moteur.runtime.settings import RouterSettings
 from moteur.v1 import router_pb2, router_pb2_grpc

@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import structlog
+
 from moteur.router.metrics import MODEL_CALLS, MODEL_LATENCY, MODEL_TOKENS
 from moteur.router.providers import Completion, Generation, Provider, Turn, provider_for
 from moteur.router.registry import ModelDeployment, ModelsConfig
 from moteur.router.windowing import estimate_tokens, estimate_turn_tokens, window
-
 from moteur.runtime.context import time_remaining
 from moteur.runtime.errors import DeadlineExceeded, InvalidArgument, MoteurError, NotFound
 

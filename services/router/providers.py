@@ -15,8 +15,8 @@ from typing import Literal, Protocol
 import openai
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
-from moteur.router.registry import ModelDeployment
 
+from moteur.router.registry import ModelDeployment
 from moteur.runtime.errors import DeadlineExceeded, InvalidArgument, MoteurError, ResourceExhausted, Unavailable
 
 Role = Literal["system", "user", "assistant"]

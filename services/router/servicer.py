@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+
 from moteur.router.orchestrator import CompletionRequest, ModelRouter, RoutedCompletion
 from moteur.router.providers import Role, Turn
-
 from moteur.runtime.errors import InvalidArgument, not_built_yet
 from moteur.runtime.identity import mesh_identity
 from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc

@@ -1,0 +1,130 @@
+"""The gateway's Chat path with an instant model vs a bare grpc.aio echo, at concurrency 1, 8 and 32.
+
+Mesh under test: client → gateway (auth, session read, user + assistant messages and usage written to
+SecantusDB) → router → instant provider. Each simulated caller keeps a session for 10 turns, then starts
+a new one, so histories stay realistic. Figures that matter are the differences and ratios to the echo,
+measured in the same run, because this machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+
+from bench.echo_server import METHOD
+from bench.stats import Figures
+from moteur.devstack.processes import free_port
+from moteur.devstack.stack import LocalStack, StackOptions
+from moteur.gateway.auth import ApiKeyStore
+from moteur.runtime.mongo import connect_mongo, database
+from moteur.runtime.settings import MongoSettings
+from moteur.v1 import gateway_pb2, gateway_pb2_grpc
+
+CONCURRENCY = (1, 8, 32)
+SECONDS_PER_POINT = float(os.environ.get("BENCH_SECONDS", "6"))
+TURNS_PER_SESSION = 10
+PAYLOAD = "What is the capital of France? Answer in one word."
+
+
+async def _drive(call: Callable[[int], Awaitable[None]], concurrency: int, seconds: float) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(worker_id: int) -> None:
+        turn = 0
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            await call(worker_id * 1_000_000 + turn)
+            latencies.append(time.perf_counter() - started)
+            turn += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return latencies, time.perf_counter() - started
+
+
+async def _echo_figures(port: int) -> list[Figures]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        echo = channel.unary_unary(METHOD)
+        payload = PAYLOAD.encode()
+
+        async def call(_: int) -> None:
+            await echo(payload, timeout=10)
+
+        await _drive(call, 1, 1.0)  # warm-up
+        return [Figures.of("echo", c, *await _drive(call, c, SECONDS_PER_POINT)) for c in CONCURRENCY]
+
+
+async def _gateway_figures(address: str, key: str) -> list[Figures]:
+    metadata = [("authorization", f"Bearer {key}")]
+    async with grpc.aio.insecure_channel(address) as channel:
+        gateway = gateway_pb2_grpc.GatewayStub(channel)
+        sessions: dict[int, str] = {}
+
+        async def call(sequence: int) -> None:
+            worker, turn = divmod(sequence, 1_000_000)
+            session_id = "" if turn % TURNS_PER_SESSION == 0 else sessions[worker]
+            reply = await gateway.Chat(
+                gateway_pb2.ChatRequest(session_id=session_id, message=PAYLOAD, model_hint="instant"),
+                metadata=metadata, timeout=10,
+            )
+            sessions[worker] = reply.session_id
+
+        await _drive(call, 1, 1.0)
+        return [Figures.of("gateway", c, *await _drive(call, c, SECONDS_PER_POINT)) for c in CONCURRENCY]
+
+
+async def _api_key(stack: LocalStack) -> str:
+    settings = MongoSettings(mongo_uri=stack.mongo_uri)
+    mongo = connect_mongo(settings)
+    try:
+        key, _ = await ApiKeyStore(database(mongo, settings)).create("bench", "bench-user")
+        return key
+    finally:
+        await mongo.close()
+
+
+def report(echo: list[Figures], gateway: list[Figures]) -> str:
+    lines = [
+        f"{'concurrency':>11} | {'echo p50':>9} {'echo p99':>9} {'echo rps':>9} | "
+        f"{'gw p50':>8} {'gw p99':>8} {'gw rps':>8} | {'+p50 ms':>8} {'+p99 ms':>8} {'p50 x':>6} {'rps x':>6}"
+    ]
+    for e, g in zip(echo, gateway, strict=True):
+        lines.append(
+            f"{e.concurrency:>11} | {e.p50_ms:>9.3f} {e.p99_ms:>9.3f} {e.throughput:>9.0f} | "
+            f"{g.p50_ms:>8.3f} {g.p99_ms:>8.3f} {g.throughput:>8.0f} | "
+            f"{g.p50_ms - e.p50_ms:>8.3f} {g.p99_ms - e.p99_ms:>8.3f} "
+            f"{g.p50_ms / e.p50_ms:>6.1f} {e.throughput / g.throughput:>6.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="moteur-bench-") as data_dir:
+        options = StackOptions(data_dir=Path(data_dir), model_server=False, service_env={"MOTEUR_LOG_LEVEL": "WARNING"})
+        echo_port = free_port()
+        echo = subprocess.Popen([sys.executable, "-m", "bench.echo_server", str(echo_port)], stdout=subprocess.PIPE)
+        try:
+            assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
+            with LocalStack(options) as stack:
+                key = asyncio.run(_api_key(stack))
+                echo_figures = asyncio.run(_echo_figures(echo_port))
+                gateway_figures = asyncio.run(_gateway_figures(stack.address("gateway"), key))
+        finally:
+            echo.terminate()
+            echo.wait()
+    print("chat path: gateway → router → instant model (sessions in SecantusDB) vs bare grpc.aio echo")
+    print(report(echo_figures, gateway_figures))
+    print("+p50/+p99: milliseconds the mesh adds over the echo; p50 x: latency ratio; rps x: echo/gateway throughput")
+
+
+if __name__ == "__main__":
+    main()
