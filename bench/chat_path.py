@@ -24,7 +24,10 @@ from bench.stats import Figures
 from moteur.devstack.processes import free_port
 from moteur.devstack.stack import LocalStack, StackOptions
 from moteur.gateway.auth import ApiKeyStore
-from moteur.runtime.mongo import connect_mongo, database
+from moteur.gateway.sessions import Scope, Session, SessionStore, new_message
+from moteur.gateway.usage import TokenUsage, UsageLedger
+from moteur.runtime.identity import Identity
+from moteur.runtime.mongo import connect_mongo, database, write_together
 from moteur.runtime.settings import MongoSettings
 from moteur.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -82,6 +85,34 @@ async def _gateway_figures(address: str, key: str) -> list[Figures]:
         return [Figures.of("gateway", c, *await _drive(call, c, SECONDS_PER_POINT)) for c in CONCURRENCY]
 
 
+async def _store_figures(stack: LocalStack) -> Figures:
+    """The store's share: a turn's session read and its one bulk write, issued from here at concurrency 1."""
+    settings = MongoSettings(mongo_uri=stack.mongo_uri, mongo_db="bench_floor")
+    mongo = connect_mongo(settings)
+    db = database(mongo, settings)
+    sessions, usage = SessionStore(db), UsageLedger(db)
+    identity = Identity("bench", "bench-user", "standard")
+    state: dict[str, Session] = {}
+
+    async def turn(sequence: int) -> None:
+        if sequence % TURNS_PER_SESSION == 0:
+            session = SessionStore.new("bench", "bench-user")
+        else:
+            session = await sessions.get(Scope("bench", "bench-user"), state["session"].id)
+        question, answer = new_message("user", PAYLOAD), new_message("assistant", "Paris", model="instant")
+        await write_together(mongo, [
+            *sessions.turn_writes(session, [question, answer]),
+            usage.record_write(identity, "bench-user", session.id, "instant", TokenUsage(12, 3, 0)),
+        ])
+        state["session"] = session
+
+    try:
+        await _drive(turn, 1, 1.0)
+        return Figures.of("store", 1, *await _drive(turn, 1, SECONDS_PER_POINT))
+    finally:
+        await mongo.close()
+
+
 async def _api_key(stack: LocalStack) -> str:
     settings = MongoSettings(mongo_uri=stack.mongo_uri)
     mongo = connect_mongo(settings)
@@ -118,12 +149,18 @@ def main() -> None:
                 key = asyncio.run(_api_key(stack))
                 echo_figures = asyncio.run(_echo_figures(echo_port))
                 gateway_figures = asyncio.run(_gateway_figures(stack.address("gateway"), key))
+                store = asyncio.run(_store_figures(stack))
         finally:
             echo.terminate()
             echo.wait()
     print("chat path: gateway → router → instant model (sessions in SecantusDB) vs bare grpc.aio echo")
     print(report(echo_figures, gateway_figures))
     print("+p50/+p99: milliseconds the mesh adds over the echo; p50 x: latency ratio; rps x: echo/gateway throughput")
+    print(
+        f"store floor at concurrency 1 (session read + the turn's bulk write, from the bench process): "
+        f"p50 {store.p50_ms:.3f} ms, p99 {store.p99_ms:.3f} ms — "
+        f"{store.p50_ms / (gateway_figures[0].p50_ms - echo_figures[0].p50_ms):.0%} of the gateway's added p50"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""Every bad input gets the right gRPC status and a message a person can act on; nothing is lost."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from moteur.client import AsyncMoteurClient, MoteurClientError
+from moteur.runtime.ids import new_id
+
+
+async def _error(call) -> MoteurClientError:  # type: ignore[no-untyped-def]
+    with pytest.raises(MoteurClientError) as caught:
+        await call
+    return caught.value
+
+
+def _bad_request_fields(error: MoteurClientError) -> list[str]:
+    return [v.field for d in error.details if isinstance(d, error_details_pb2.BadRequest) for v in d.field_violations]
+
+
+async def test_an_empty_message_is_invalid(alice) -> None:
+    error = await _error(alice.client.chat("   "))
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_request_fields(error) == ["message"]
+    assert "empty" in error.message
+
+
+async def test_an_oversized_message_is_invalid_and_states_the_limit(alice) -> None:
+    error = await _error(alice.client.chat("x" * 32_769))
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "32,768" in error.message
+
+
+async def test_a_malformed_session_id_is_invalid(alice) -> None:
+    error = await _error(alice.client.chat("hello", session_id="not-a-session"))
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_request_fields(error) == ["session_id"]
+
+
+async def test_an_unknown_session_is_not_found(alice) -> None:
+    missing = new_id()
+    error = await _error(alice.client.chat("hello", session_id=missing))
+    assert error.code is grpc.StatusCode.NOT_FOUND
+    assert missing in error.message
+
+
+async def test_an_unknown_enum_value_is_invalid(alice) -> None:
+    error = await _error(alice.client.chat("hello", request_type=99))
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_request_fields(error) == ["request_type"]
+
+
+async def test_out_of_range_max_output_tokens_is_invalid(alice) -> None:
+    error = await _error(alice.client.chat("hello", max_output_tokens=100_000))
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "8,192" in error.message
+
+
+async def test_an_unknown_model_is_not_found_and_names_the_known_ones(alice) -> None:
+    error = await _error(alice.client.chat("hello", model_hint="gpt-17"))
+    assert error.code is grpc.StatusCode.NOT_FOUND
+    assert "smollm2" in error.message
+
+
+@pytest.mark.parametrize("key", ["", "mot_not-a-real-key", "sk-something-else"])
+async def test_a_missing_or_wrong_api_key_is_unauthenticated(stack, key: str) -> None:
+    async with AsyncMoteurClient(stack.address("gateway"), key) as client:
+        error = await _error(client.chat("hello"))
+    assert error.code is grpc.StatusCode.UNAUTHENTICATED
+    assert "API key" in error.message
+
+
+async def test_another_tenants_session_is_not_found(alice, mallory) -> None:
+    reply = await alice.client.chat("A secret of acme.", model_hint="instant")
+    for call in (
+        mallory.client.get_session(reply.session_id),
+        mallory.client.chat("Let me in.", session_id=reply.session_id, model_hint="instant"),
+        mallory.client.delete_session(reply.session_id),
+    ):
+        error = await _error(call)
+        assert error.code is grpc.StatusCode.NOT_FOUND
+    assert reply.session_id not in [s.id for s in (await mallory.client.list_sessions()).sessions]
+    assert (await alice.client.get_session(reply.session_id)).session.message_count == 2
+
+
+async def test_a_user_key_cannot_act_for_another_user(alice) -> None:
+    error = await _error(alice.client.chat("hello", user_id="bob"))
+    assert error.code is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_model_server_down_is_unavailable_and_the_question_is_kept(stack, alice) -> None:
+    reply = await alice.client.chat("First turn.", model_hint="instant")
+    stack.processes["model"].stop()
+    try:
+        error = await _error(alice.client.chat("Are you there?", session_id=reply.session_id))
+    finally:
+        stack.processes["model"].start()
+    assert error.code is grpc.StatusCode.UNAVAILABLE
+    assert "smollm2" in error.message and "unreachable" in error.message
+    stored = await alice.client.get_session(reply.session_id)
+    assert [m.content for m in stored.messages][-1] == "Are you there?"
+
+
+async def test_a_deadline_too_short_for_the_model_is_deadline_exceeded(alice) -> None:
+    reply = await alice.client.chat("Start.", model_hint="instant")
+    error = await _error(alice.client.chat(
+        "Write a long story about a lighthouse keeper.", session_id=reply.session_id,
+        max_output_tokens=300, timeout=0.25,
+    ))
+    assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    # The gateway saw its deadline pass too, and kept the question.
+    stored = await alice.client.get_session(reply.session_id)
+    assert [m.content for m in stored.messages][-1] == "Write a long story about a lighthouse keeper."
+
+
+async def test_asking_for_a_file_is_unimplemented_and_names_the_issue(alice) -> None:
+    error = await _error(alice.client.chat("A table please.", output_format="pdf"))
+    assert error.code is grpc.StatusCode.UNIMPLEMENTED
+    assert "issue #8" in error.message
