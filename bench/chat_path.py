@@ -29,7 +29,7 @@ from moteur.gateway.usage import TokenUsage, UsageLedger
 from moteur.runtime.identity import Identity
 from moteur.runtime.mongo import connect_mongo, database, write_together
 from moteur.runtime.settings import MongoSettings
-from moteur.v1 import gateway_pb2, gateway_pb2_grpc
+from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, router_pb2, router_pb2_grpc
 
 CONCURRENCY = (1, 8, 32)
 SECONDS_PER_POINT = float(os.environ.get("BENCH_SECONDS", "6"))
@@ -113,6 +113,22 @@ async def _store_figures(stack: LocalStack) -> Figures:
         await mongo.close()
 
 
+async def _router_figures(address: str) -> Figures:
+    """The router's share: Complete on the instant model, called directly at concurrency 1."""
+    metadata = Identity("bench", "bench-user", "standard").as_metadata()
+    request = router_pb2.CompleteRequest(
+        messages=[router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content=PAYLOAD)], model_hint="instant"
+    )
+    async with grpc.aio.insecure_channel(address) as channel:
+        router = router_pb2_grpc.RouterStub(channel)
+
+        async def call(_: int) -> None:
+            await router.Complete(request, metadata=metadata, timeout=10)
+
+        await _drive(call, 1, 1.0)
+        return Figures.of("router", 1, *await _drive(call, 1, SECONDS_PER_POINT))
+
+
 async def _api_key(stack: LocalStack) -> str:
     settings = MongoSettings(mongo_uri=stack.mongo_uri)
     mongo = connect_mongo(settings)
@@ -150,17 +166,22 @@ def main() -> None:
                 echo_figures = asyncio.run(_echo_figures(echo_port))
                 gateway_figures = asyncio.run(_gateway_figures(stack.address("gateway"), key))
                 store = asyncio.run(_store_figures(stack))
+                router = asyncio.run(_router_figures(stack.address("router")))
         finally:
             echo.terminate()
             echo.wait()
     print("chat path: gateway → router → instant model (sessions in SecantusDB) vs bare grpc.aio echo")
     print(report(echo_figures, gateway_figures))
     print("+p50/+p99: milliseconds the mesh adds over the echo; p50 x: latency ratio; rps x: echo/gateway throughput")
-    print(
-        f"store floor at concurrency 1 (session read + the turn's bulk write, from the bench process): "
-        f"p50 {store.p50_ms:.3f} ms, p99 {store.p99_ms:.3f} ms — "
-        f"{store.p50_ms / (gateway_figures[0].p50_ms - echo_figures[0].p50_ms):.0%} of the gateway's added p50"
-    )
+    added = gateway_figures[0].p50_ms - echo_figures[0].p50_ms
+    print(f"where the added p50 at concurrency 1 ({added:.3f} ms) goes, each measured alone from the bench process:")
+    rest = added - store.p50_ms - router.p50_ms
+    for part, ms in (
+        ("store (session read + the turn's one bulk write)", store.p50_ms),
+        ("router hop (Complete, instant model)", router.p50_ms),
+        ("the gateway's own work (auth, checks, protobuf), by difference", rest),
+    ):
+        print(f"  {part:<64} p50 {ms:6.3f} ms ({ms / added:.0%})")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import urllib.request
@@ -156,3 +157,18 @@ async def test_trace_and_request_id_follow_a_chat_from_gateway_to_router(stack, 
     chats = rpc_lines("gateway", "Chat")
     completes = {(r["trace_id"], r["request_id"]) for r in rpc_lines("router", "Complete")}
     assert any((c["trace_id"], c["request_id"]) in completes for c in chats)
+
+
+async def test_a_gateway_stopped_with_sigterm_finishes_the_turn_in_flight(stack, alice) -> None:
+    events = alice.client.chat_stream("Tell me about lighthouses in three sentences.", max_output_tokens=120)
+    first = await anext(events)
+    assert first.WhichOneof("event") == "started"
+    stopping = asyncio.get_running_loop().run_in_executor(None, stack.processes["gateway"].stop)
+    try:
+        rest = [event async for event in events]
+    finally:
+        await stopping
+        stack.processes["gateway"].start()
+    assert rest[-1].WhichOneof("event") == "final"
+    stored = await alice.client.get_session(first.started.session_id)
+    assert stored.messages[-1].content == rest[-1].final.message.content
