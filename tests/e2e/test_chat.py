@@ -63,7 +63,7 @@ async def test_history_is_windowed_to_the_model_context(alice) -> None:
     for letter in "BC":
         reply = await alice.client.chat(filler + f"Say {letter}.", session_id=reply.session_id, max_output_tokens=16)
 
-    assert int(reply.route.entries["dropped_messages"]) >= 2
+    assert int(reply.route.entries["dropped_messages"]) >= 1
     assert reply.usage.input_tokens < 2048
 
 

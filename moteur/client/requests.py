@@ -1,0 +1,50 @@
+"""Building requests from friendly arguments, shared by the async and the sync client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from moteur.v1 import common_pb2, gateway_pb2
+
+REQUEST_TYPES = {"chat": common_pb2.REQUEST_TYPE_CHAT, "summarize": common_pb2.REQUEST_TYPE_SUMMARIZE,
+                 "extract": common_pb2.REQUEST_TYPE_EXTRACT, "code": common_pb2.REQUEST_TYPE_CODE}
+PRIORITIES = {"critical": common_pb2.PRIORITY_CRITICAL, "high": common_pb2.PRIORITY_HIGH,
+              "normal": common_pb2.PRIORITY_NORMAL, "low": common_pb2.PRIORITY_LOW,
+              "batch": common_pb2.PRIORITY_BATCH}
+FILE_FORMATS = {"pdf": common_pb2.FILE_FORMAT_PDF, "csv": common_pb2.FILE_FORMAT_CSV,
+                "json": common_pb2.FILE_FORMAT_JSON, "markdown": common_pb2.FILE_FORMAT_MARKDOWN,
+                "html": common_pb2.FILE_FORMAT_HTML, "xlsx": common_pb2.FILE_FORMAT_XLSX,
+                "docx": common_pb2.FILE_FORMAT_DOCX}
+
+
+def enum_value(value: int | str, names: Mapping[str, int], what: str) -> int:
+    """A proto enum number from a friendly name ("summarize") or the number itself ('' and 0: unset)."""
+    if isinstance(value, int):
+        return value  # numbers pass through: the server validates them
+    if not value:
+        return 0
+    try:
+        return names[value.lower()]
+    except KeyError:
+        raise ValueError(f"unknown {what} {value!r}; use one of {', '.join(names)}") from None
+
+
+def chat_request(
+    message: str, *, session_id: str = "", user_id: str = "", request_type: int | str = 0,
+    priority: int | str = 0, model_hint: str = "", output_format: int | str = 0, output_template: str = "",
+    metadata: Mapping[str, str] | None = None, idempotency_key: str = "", max_output_tokens: int = 0,
+) -> gateway_pb2.ChatRequest:
+    return gateway_pb2.ChatRequest(
+        session_id=session_id, user_id=user_id, message=message,
+        request_type=enum_value(request_type, REQUEST_TYPES, "request type"),
+        priority=enum_value(priority, PRIORITIES, "priority"),
+        model_hint=model_hint,
+        output_format=enum_value(output_format, FILE_FORMATS, "output format"),
+        output_template=output_template,
+        metadata=common_pb2.Metadata(entries=dict(metadata or {})),
+        idempotency_key=idempotency_key, max_output_tokens=max_output_tokens,
+    )
+
+
+def auth_metadata(api_key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {api_key}")] if api_key else []
