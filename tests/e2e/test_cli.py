@@ -1,0 +1,61 @@
+"""The `moteur` CLI against the running stack (typer's runner, in-process)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from moteur.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_env(stack, alice, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOTEUR_GATEWAY", stack.address("gateway"))
+    monkeypatch.setenv("MOTEUR_API_KEY", alice.key)
+    monkeypatch.setenv("MOTEUR_MONGO_URI", stack.mongo_uri)
+
+
+def test_chat_streams_the_answer_and_the_session_shows_it(cli_env) -> None:
+    result = runner.invoke(app, ["chat", "--model", "instant", "hello from the CLI"])
+    assert result.exit_code == 0, result.output
+    assert "instant answer to: hello from the CLI" in result.output
+    session_id = re.search(r"session (\w{26})", result.output).group(1)  # type: ignore[union-attr]
+
+    shown = runner.invoke(app, ["sessions", "show", session_id])
+    assert shown.exit_code == 0 and "hello from the CLI" in shown.output
+    listed = runner.invoke(app, ["sessions", "list"])
+    assert session_id in listed.output
+    deleted = runner.invoke(app, ["sessions", "delete", session_id])
+    assert "2 messages" in deleted.output
+    gone = runner.invoke(app, ["sessions", "show", session_id])
+    assert gone.exit_code == 1 and "NOT_FOUND" in gone.output
+
+
+def test_a_bad_request_prints_the_status_and_the_field(cli_env) -> None:
+    result = runner.invoke(app, ["chat", "   "])
+    assert result.exit_code == 1
+    assert "INVALID_ARGUMENT" in result.output and "field message" in result.output
+
+
+def test_chat_without_a_key_says_how_to_get_one(cli_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOTEUR_API_KEY", "")
+    result = runner.invoke(app, ["chat", "hello"])
+    assert result.exit_code == 1
+    assert "moteur keys create" in result.output
+
+
+def test_keys_create_prints_a_key_that_works_and_list_never_shows_secrets(cli_env, monkeypatch) -> None:
+    created = runner.invoke(app, ["keys", "create", "--tenant", "initech", "--user", "peter"])
+    assert created.exit_code == 0, created.output
+    key = re.search(r"mot_\S+", created.output).group(0)  # type: ignore[union-attr]
+    monkeypatch.setenv("MOTEUR_API_KEY", key)
+    assert runner.invoke(app, ["chat", "--model", "instant", "--no-stream", "hi"]).exit_code == 0
+
+    listed = runner.invoke(app, ["keys", "list", "--tenant", "initech"])
+    assert "peter" in listed.output and key not in listed.output
+    key_id = re.search(r"key id (\w{26})", created.output).group(1)  # type: ignore[union-attr]
+    assert runner.invoke(app, ["keys", "revoke", key_id, "--tenant", "initech"]).exit_code == 0
