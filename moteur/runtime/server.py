@@ -116,3 +116,12 @@ def not_built_servicer(descriptor: ServiceDescriptor, base: type, issue: str) ->
 
     methods = {m.name: placeholder(m.name, m.server_streaming) for m in descriptor.methods}
     return type(f"{descriptor.name}NotBuilt", (base,), methods)()
+
+
+def not_built_app(name: str, descriptor: ServiceDescriptor, base: type, add_to_server: Any, issue: str) -> ServiceApp:
+    """A service that boots, reports healthy and answers UNIMPLEMENTED until ``issue`` builds it."""
+
+    async def build() -> AsyncIterator[Sequence[Registration]]:
+        yield [Registration(descriptor, not_built_servicer(descriptor, base, issue), add_to_server)]
+
+    return ServiceApp(name, build)

@@ -7,6 +7,7 @@ type, fallbacks, retries and circuit breakers extend :meth:`ModelRouter._candida
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -80,27 +81,23 @@ class ModelRouter:
     async def complete(self, request: CompletionRequest) -> RoutedCompletion:
         plan = self._plan(request)
         started = time.perf_counter()
-        try:
-            async with asyncio.timeout(_call_budget(plan.deployment)):
-                completion = await plan.provider.complete(plan.turns, plan.generation)
-        except TimeoutError as exc:
-            self._count(plan, "deadline_exceeded", started)
-            raise _deadline(plan.deployment) from exc
-        except MoteurError as exc:
-            self._count(plan, exc.code.name.lower(), started)
-            raise
+        async with self._attempt(plan, started):
+            completion = await plan.provider.complete(plan.turns, plan.generation)
         return self._account(plan, completion, started)
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[str | RoutedCompletion]:
         plan = self._plan(request)
         started = time.perf_counter()
+        async with self._attempt(plan, started):
+            async for item in plan.provider.stream(plan.turns, plan.generation):
+                yield self._account(plan, item, started) if isinstance(item, Completion) else item
+
+    @contextlib.asynccontextmanager
+    async def _attempt(self, plan: _Plan, started: float) -> AsyncIterator[None]:
+        """One call to a deployment within the caller's deadline; failures are counted, then raised."""
         try:
             async with asyncio.timeout(_call_budget(plan.deployment)):
-                async for item in plan.provider.stream(plan.turns, plan.generation):
-                    if isinstance(item, Completion):
-                        yield self._account(plan, item, started)
-                    else:
-                        yield item
+                yield
         except TimeoutError as exc:
             self._count(plan, "deadline_exceeded", started)
             raise _deadline(plan.deployment) from exc
