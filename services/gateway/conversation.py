@@ -18,11 +18,12 @@ import structlog
 from pymongo import AsyncMongoClient
 
 from moteur.gateway.idempotency import IdempotencyStore, fingerprint
+from moteur.gateway.metrics import CHAT_TOKENS, CHAT_TURNS
 from moteur.gateway.sessions import Scope, Session, SessionStore, StoredMessage, new_message
 from moteur.gateway.usage import TokenUsage, UsageLedger
 from moteur.runtime.channels import mesh_metadata
 from moteur.runtime.context import outgoing_timeout
-from moteur.runtime.errors import Unavailable, from_rpc_error
+from moteur.runtime.errors import MoteurError, Unavailable, from_rpc_error
 from moteur.runtime.identity import Identity
 from moteur.runtime.mongo import write_together
 from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -114,6 +115,7 @@ class Conversation:
             replay = await self._idempotency.claim(identity.tenant, turn.idempotency_key, turn.fingerprint())
             if replay is not None:
                 result = TurnResult.from_record(replay.answer)
+                CHAT_TURNS.labels(result.answer.model, "replay").inc()
                 yield TurnStarted(result.session_id, result.user_message_id)
                 if stream:
                     yield TextDelta(result.answer.content)
@@ -132,7 +134,7 @@ class Conversation:
         if turn.session_id:
             session = await self._sessions.get(scope, turn.session_id)
         else:
-            session = SessionStore.new(identity.tenant, turn.user, title=turn.message[:80])
+            session = SessionStore.new(identity.tenant, turn.user, title=turn.message[:80], metadata=turn.metadata)
         question = new_message("user", turn.message)
         request = self._prompt(session, question, turn)
         yield TurnStarted(session.id, question.id)
@@ -146,9 +148,11 @@ class Conversation:
                         final = item
             if final is None:
                 raise Unavailable("the router ended the stream without a final answer; retry")
-        except BaseException:
+        except BaseException as exc:
             # The turn failed (model down, deadline, caller gone): the question is persisted all the same.
             await asyncio.shield(self._persist_question(session, question))
+            outcome = exc.code.name if isinstance(exc, MoteurError) else type(exc).__name__
+            CHAT_TURNS.labels(turn.model_hint or "default", outcome).inc()
             raise
         usage = TokenUsage(final.usage.input_tokens, final.usage.output_tokens, final.usage.cost_micro_usd)
         answer = new_message("assistant", final.text, model=final.model, usage=usage.as_dict())
@@ -165,6 +169,9 @@ class Conversation:
         if turn.idempotency_key:
             writes.append(self._idempotency.complete_write(identity.tenant, turn.idempotency_key, result.to_record()))
         await write_together(self._mongo, writes)
+        CHAT_TURNS.labels(final.model, "ok").inc()
+        CHAT_TOKENS.labels(final.model, "input").inc(usage.input_tokens)
+        CHAT_TOKENS.labels(final.model, "output").inc(usage.output_tokens)
         log.info("chat.turn", session_id=session.id, model=final.model, input_tokens=usage.input_tokens,
                  output_tokens=usage.output_tokens, dropped_messages=final.dropped_messages)
         yield result

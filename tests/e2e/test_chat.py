@@ -172,3 +172,23 @@ async def test_a_gateway_stopped_with_sigterm_finishes_the_turn_in_flight(stack,
     assert rest[-1].WhichOneof("event") == "final"
     stored = await alice.client.get_session(first.started.session_id)
     assert stored.messages[-1].content == rest[-1].final.message.content
+
+
+async def test_the_same_idempotency_key_in_flight_twice_is_aborted_not_run_twice(alice) -> None:
+    request = {"idempotency_key": "in-flight-1", "max_output_tokens": 120}
+    first = asyncio.create_task(alice.client.chat("Describe a lighthouse in three sentences.", **request))
+    await asyncio.sleep(0.1)  # the first turn has claimed the key and is waiting for the model
+    with pytest.raises(MoteurClientError) as error:
+        await alice.client.chat("Describe a lighthouse in three sentences.", **request)
+    assert error.value.code is grpc.StatusCode.ABORTED and "still in progress" in error.value.message
+    answer = await first
+    replay = await alice.client.chat("Describe a lighthouse in three sentences.", **request)
+    assert replay.idempotent_replay and replay.message.id == answer.message.id
+
+
+async def test_gateway_metrics_count_turns_and_tokens(stack, alice) -> None:
+    before = _metric(stack, "gateway", "moteur_chat_turns_total", model="instant", outcome="ok")
+    reply = await alice.client.chat("count me", model_hint="instant")
+    assert _metric(stack, "gateway", "moteur_chat_turns_total", model="instant", outcome="ok") == before + 1
+    tokens = _metric(stack, "gateway", "moteur_chat_tokens_total", model="instant", direction="output")
+    assert tokens >= reply.usage.output_tokens > 0
