@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -119,3 +121,44 @@ async def test_asking_for_a_file_is_unimplemented_and_names_the_issue(alice) -> 
     error = await _error(alice.client.chat("A table please.", output_format="pdf"))
     assert error.code is grpc.StatusCode.UNIMPLEMENTED
     assert "issue #8" in error.message
+
+
+async def test_router_down_is_unavailable_and_the_question_is_kept(stack, alice) -> None:
+    reply = await alice.client.chat("Before the router stops.", model_hint="instant")
+    stack.processes["router"].stop()
+    try:
+        error = await _error(alice.client.chat("Is the router there?", session_id=reply.session_id))
+    finally:
+        stack.processes["router"].start()
+    assert error.code is grpc.StatusCode.UNAVAILABLE
+    assert "router" in error.message
+    stored = await alice.client.get_session(reply.session_id)
+    assert [m.content for m in stored.messages][-1] == "Is the router there?"
+
+
+async def test_the_session_store_down_is_unavailable_with_a_clear_message(stack, alice) -> None:
+    stack.processes["mongo"].stop()
+    try:
+        error = await _error(alice.client.list_sessions())
+    finally:
+        stack.processes["mongo"].start()
+    assert error.code is grpc.StatusCode.UNAVAILABLE
+    assert "MongoDB" in error.message
+    assert (await alice.client.list_sessions()).sessions is not None  # and it recovers on its own
+
+
+async def test_a_caller_that_goes_away_mid_stream_still_has_its_question_persisted(alice) -> None:
+    reply = await alice.client.chat("Opening turn.", model_hint="instant")
+    events = alice.client.chat_stream(
+        "Tell me a long story about the sea.", session_id=reply.session_id, max_output_tokens=200
+    )
+    assert (await anext(events)).WhichOneof("event") == "started"
+    await anext(events)  # a first delta: the model is generating
+    await events.aclose()  # the caller hangs up
+
+    for _ in range(50):  # the gateway notices the cancellation and persists the question
+        stored = await alice.client.get_session(reply.session_id)
+        if stored.session.message_count == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert [m.content for m in stored.messages][-1] == "Tell me a long story about the sea."
