@@ -19,6 +19,7 @@ from moteur.devstack.models import gemma3_path, smollm2_path
 from moteur.devstack.processes import ManagedProcess, free_port, port_open
 
 DEFAULT_DATA_DIR = Path(".data")
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
 SERVICES = ("router", "memory", "files", "tools", "gateway")  # start order: the gateway last
 
 
@@ -92,6 +93,7 @@ class LocalStack:
             "MOTEUR_FILES_ADDR": self.address("files"),
             "MOTEUR_TOOLS_ADDR": self.address("tools"),
             "MOTEUR_MODELS_FILE": str(self.models_file),
+            "MOTEUR_TIERS_FILE": str(REPO_CONFIG / "tiers.yaml"),
             "MOTEUR_MILVUS_URI": str(self.data_dir / "milvus.db"),
             "MOTEUR_FILES_DIR": str(self.data_dir / "files"),
             **self.options.service_env,

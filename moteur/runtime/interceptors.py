@@ -142,7 +142,9 @@ class _Call:
         self.code = error.code
         self.span.set_attribute("moteur.error", error.message)
         status = to_grpc_status(error)
-        await self.context.abort(status.code, status.details, status.trailing_metadata)
+        # Keep what the handler already set (e.g. the remaining rate-limit budget) beside the details.
+        trailing = (*(self.context.trailing_metadata() or ()), *status.trailing_metadata)
+        await self.context.abort(status.code, status.details, trailing)
 
     def __exit__(self, *exc_info: object) -> None:
         elapsed = time.perf_counter() - self.started

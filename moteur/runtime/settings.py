@@ -61,3 +61,11 @@ class MemorySettings(MoteurSettings):
 
 class FilesSettings(MoteurSettings):
     files_dir: Path = Field(Path(".data/files"), description="Directory where rendered files are stored.")
+
+
+class GatewaySettings(MoteurSettings):
+    tiers_file: Path = Field(Path("config/tiers.yaml"), description="Tiers: limits, quotas and priorities (YAML).")
+    alert_webhook_url: str = Field("", description="Where quota alerts are POSTed as JSON; empty: not sent.")
+    lease_seconds: float = Field(
+        600.0, description="Longest a concurrency slot is held if its gateway dies mid-call (crash recovery)."
+    )

@@ -9,3 +9,16 @@ CHAT_TURNS = Counter(
 )
 CHAT_TOKENS = Counter("moteur_chat_tokens_total", "Tokens of answered chat turns, by model and direction.",
                       ["model", "direction"])
+
+LIMITER_DECISIONS = Counter(
+    "moteur_limiter_decisions_total", "Admission decisions of the rate limiter: admitted, or refused:<limit>.",
+    ["decision"],
+)
+LIMITER_FALLBACKS = Counter(
+    "moteur_limiter_redis_unavailable_total", "Admissions made while Redis was unreachable, by tier policy.",
+    ["policy"],
+)
+QUOTA_ALERTS = Counter(
+    "moteur_quota_alerts_total", "Quota thresholds crossed (recorded once per threshold and period).",
+    ["limit", "threshold"],
+)

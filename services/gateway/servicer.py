@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from moteur.gateway import validation as check
+from moteur.gateway.admission import AdmissionControl, estimate_tokens
 from moteur.gateway.auth import Authenticator
 from moteur.gateway.conversation import Conversation, TextDelta, TurnInput, TurnResult, TurnStarted
 from moteur.gateway.sessions import Session, SessionStore, StoredMessage, parse_session_id
+from moteur.gateway.usage import TokenUsage
 from moteur.runtime.errors import InvalidArgument, not_built_yet
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -20,17 +24,22 @@ _ROLES = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT,
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, auth: Authenticator, sessions: SessionStore, conversation: Conversation) -> None:
+    def __init__(
+        self, auth: Authenticator, sessions: SessionStore, conversation: Conversation, admission: AdmissionControl
+    ) -> None:
         self._auth = auth
         self._sessions = sessions
         self._conversation = conversation
+        self._admission = admission
 
     async def Chat(
         self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ChatResponse:
         identity = await self._auth.authenticate(context)
         turn = _turn_input(identity, request)
-        result = await self._conversation.chat(identity, check.scope(identity, turn.user), turn)
+        async with self._admitted(identity, turn, context) as settle:
+            result = await self._conversation.chat(identity, check.scope(identity, turn.user), turn)
+            await settle(result)
         return _chat_response(result)
 
     async def ChatStream(
@@ -38,15 +47,32 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[gateway_pb2.ChatEvent]:
         identity = await self._auth.authenticate(context)
         turn = _turn_input(identity, request)
-        async for event in self._conversation.chat_stream(identity, check.scope(identity, turn.user), turn):
-            match event:
-                case TurnStarted():
-                    yield gateway_pb2.ChatEvent(started=gateway_pb2.ChatStarted(
-                        session_id=event.session_id, user_message_id=event.user_message_id))
-                case TextDelta():
-                    yield gateway_pb2.ChatEvent(delta=common_pb2.TokenDelta(text=event.text))
-                case TurnResult():
-                    yield gateway_pb2.ChatEvent(final=_chat_response(event))
+        async with self._admitted(identity, turn, context) as settle:
+            async for event in self._conversation.chat_stream(identity, check.scope(identity, turn.user), turn):
+                if isinstance(event, TurnResult):
+                    await settle(event)
+                yield _chat_event(event)
+
+    @contextlib.asynccontextmanager
+    async def _admitted(
+        self, identity: Identity, turn: TurnInput, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Callable[[TurnResult], Awaitable[None]]]:
+        """Admit the turn; yields how to settle it with its result; releases it if it fails."""
+        admission = await self._admission.admit(
+            identity, turn.user, turn.priority, estimate_tokens(turn.message, turn.max_output_tokens)
+        )
+        context.set_trailing_metadata(admission.budget.as_metadata())
+
+        async def settle(result: TurnResult) -> None:
+            usage = result.usage if not result.replay else TokenUsage()
+            await self._admission.settle(admission, usage.total_tokens, usage.cost_micro_usd)
+
+        try:
+            yield settle
+        finally:
+            if not admission.settled:
+                await asyncio.shield(self._admission.release(admission))
+
 
     async def SubmitToolResults(
         self, request: gateway_pb2.SubmitToolResultsRequest, context: grpc.aio.ServicerContext
@@ -195,3 +221,14 @@ def _chat_response(result: TurnResult) -> gateway_pb2.ChatResponse:
         idempotent_replay=result.replay,
         route=common_pb2.Metadata(entries=result.route),
     )
+
+
+def _chat_event(event: TurnStarted | TextDelta | TurnResult) -> gateway_pb2.ChatEvent:
+    match event:
+        case TurnStarted():
+            return gateway_pb2.ChatEvent(started=gateway_pb2.ChatStarted(
+                session_id=event.session_id, user_message_id=event.user_message_id))
+        case TextDelta():
+            return gateway_pb2.ChatEvent(delta=common_pb2.TokenDelta(text=event.text))
+        case TurnResult():
+            return gateway_pb2.ChatEvent(final=_chat_response(event))

@@ -1,0 +1,49 @@
+"""The gateway's front door for a chat turn: may this caller use this priority, and do its limits
+and quotas admit the turn? Settles or releases what was reserved when the turn ends.
+
+The bounded, fair priority queue between admission and the model joins here (issue 4, second part).
+"""
+
+from __future__ import annotations
+
+from moteur.gateway.alerts import AlertLog
+from moteur.gateway.limiter import Admission, RateLimiter
+from moteur.gateway.limits import PRIORITY_NAMES, LimitsCatalog
+from moteur.runtime.errors import PermissionDenied
+from moteur.runtime.identity import Identity
+from moteur.v1 import common_pb2
+
+# The answer's length when the caller set none, for the token reservation; settled with the real count.
+DEFAULT_OUTPUT_ESTIMATE = 256
+
+
+def estimate_tokens(message: str, max_output_tokens: int) -> int:
+    """Input at one token per four characters (history is not known yet), plus the answer's ceiling."""
+    return (len(message) + 3) // 4 + (max_output_tokens or DEFAULT_OUTPUT_ESTIMATE)
+
+
+class AdmissionControl:
+    def __init__(self, catalog: LimitsCatalog, limiter: RateLimiter, alerts: AlertLog) -> None:
+        self._catalog = catalog
+        self._limiter = limiter
+        self._alerts = alerts
+
+    def check_priority(self, identity: Identity, priority: int) -> None:
+        name = PRIORITY_NAMES[priority - common_pb2.PRIORITY_CRITICAL]
+        allowed = self._catalog.tier(identity.tier).priorities
+        if name not in allowed:
+            raise PermissionDenied(
+                f"tier {identity.tier!r} may use priorities {', '.join(allowed)}, not {name!r}"
+            )
+
+    async def admit(self, identity: Identity, user: str, priority: int, tokens: int) -> Admission:
+        self.check_priority(identity, priority)
+        return await self._limiter.admit(identity, user, tokens)
+
+    async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> None:
+        uses = await self._limiter.settle(admission, tokens, cost_micro_usd)
+        if uses:
+            await self._alerts.record(uses)
+
+    async def release(self, admission: Admission) -> None:
+        await self._limiter.release(admission)

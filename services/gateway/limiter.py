@@ -1,0 +1,230 @@
+"""Rate limits and quotas, exact across gateway replicas: one Redis round trip per admission.
+
+The Lua script (``limiter.lua``) checks every limit of every scope (key, user, tenant) and charges
+them only if all pass, so concurrent replicas can never admit more than a limit allows. Tokens are
+reserved from an estimate at admission and settled with the real usage (or released on failure);
+concurrency slots are leases that expire on their own if a gateway dies mid-call.
+
+When Redis is unreachable the tier decides: ``fail_closed`` answers UNAVAILABLE; ``fail_open`` admits
+through a per-replica in-memory limiter with the same limits (so a fleet of N replicas lets up to N
+times the limit through until Redis is back).
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
+
+from moteur.gateway.limits import LimitsCatalog, LimitSet, Scope, scopes_of
+from moteur.gateway.metrics import LIMITER_DECISIONS, LIMITER_FALLBACKS
+from moteur.runtime.errors import QuotaViolation, ResourceExhausted, Unavailable
+from moteur.runtime.identity import Identity
+from moteur.runtime.ids import new_id
+
+log = structlog.get_logger("moteur.gateway.limiter")
+_SCRIPT = (Path(__file__).with_name("limiter.lua")).read_text()
+_KINDS = ("req", "tok", "conc", "day", "month", "cost")
+QUOTA_NAMES = ("tokens_per_day", "tokens_per_month", "cost_micro_usd_per_month")
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What is left after this admission (the x-ratelimit-* trailing metadata). -1: unlimited."""
+
+    limit_requests: int = -1
+    remaining_requests: int = -1
+    reset_requests_ms: int = 0
+    limit_tokens: int = -1
+    remaining_tokens: int = -1
+    reset_tokens_ms: int = 0
+
+    def as_metadata(self) -> list[tuple[str, str]]:
+        pairs = []
+        if self.limit_requests >= 0:
+            pairs += [("x-ratelimit-limit-requests", str(self.limit_requests)),
+                      ("x-ratelimit-remaining-requests", str(self.remaining_requests)),
+                      ("x-ratelimit-reset-requests", f"{self.reset_requests_ms / 1000:.3f}s")]
+        if self.limit_tokens >= 0:
+            pairs += [("x-ratelimit-limit-tokens", str(self.limit_tokens)),
+                      ("x-ratelimit-remaining-tokens", str(self.remaining_tokens)),
+                      ("x-ratelimit-reset-tokens", f"{self.reset_tokens_ms / 1000:.3f}s")]
+        return pairs
+
+
+@dataclass(slots=True)
+class Admission:
+    scopes: list[Scope]
+    limits: list[LimitSet]
+    reserved_tokens: int
+    lease_id: str = field(default_factory=new_id)
+    budget: Budget = field(default_factory=Budget)
+    local: bool = False  # admitted by the per-replica fallback while Redis was down
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUse:
+    scope: Scope
+    limit: str  # one of QUOTA_NAMES
+    used: int
+    limit_value: int
+    period: str  # "2026-11-24" or "2026-11"
+
+
+def _period_ttls(now: datetime) -> tuple[int, int, str, str]:
+    """Seconds to the end of this UTC day and month, and their names."""
+    day_end = datetime(now.year, now.month, now.day, tzinfo=UTC).timestamp() + 86400
+    last = calendar.monthrange(now.year, now.month)[1]
+    month_end = datetime(now.year, now.month, last, tzinfo=UTC).timestamp() + 86400
+    stamp = now.timestamp()
+    return math.ceil(day_end - stamp), math.ceil(month_end - stamp), now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+
+
+class RateLimiter:
+    def __init__(self, client: aioredis.Redis, catalog: LimitsCatalog, lease_seconds: float = 600.0) -> None:
+        self._redis = client
+        self._script = client.register_script(_SCRIPT)
+        self._catalog = catalog
+        self._lease_ms = int(lease_seconds * 1000)
+        self._local = LocalLimiter()
+
+    async def admit(self, identity: Identity, user: str, tokens: int) -> Admission:
+        scopes = scopes_of(identity, user)
+        limits = [await self._catalog.limits(scope, identity.tier) for scope in scopes]
+        admission = Admission(scopes, limits, tokens)
+        try:
+            reply = await self._run("admit", admission, tokens, cost=0)
+        except redis.exceptions.RedisError as exc:
+            return self._fallback(identity, admission, exc)
+        if reply[0] == 1:
+            LIMITER_DECISIONS.labels("admitted").inc()
+            admission.budget = Budget(
+                limit_requests=_tightest(limits, "requests_per_minute"), remaining_requests=int(reply[1]),
+                reset_requests_ms=int(reply[3]), limit_tokens=_tightest(limits, "tokens_per_minute"),
+                remaining_tokens=int(reply[2]), reset_tokens_ms=int(reply[4]),
+            )
+            return admission
+        _, index, limit_name, retry_ms, limit_value = reply
+        LIMITER_DECISIONS.labels(f"refused:{_text(limit_name)}").inc()
+        raise _refusal(scopes[int(index)], _text(limit_name), int(retry_ms), int(limit_value), tokens)
+
+    async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> list[QuotaUse]:
+        """Charge the real usage instead of the reservation and free the concurrency slot."""
+        if admission.settled:
+            return []
+        admission.settled = True
+        if admission.local:
+            self._local.release(admission)
+            return []
+        try:
+            reply = await self._run("settle", admission, tokens - admission.reserved_tokens, cost_micro_usd)
+        except redis.exceptions.RedisError as exc:
+            log.warning("limiter.settle_failed", error=str(exc))  # the lease expires on its own
+            return []
+        _, _, day, month = _period_ttls(datetime.now(UTC))
+        uses = []
+        for i, (scope, limits) in enumerate(zip(admission.scopes, admission.limits, strict=True)):
+            values = [int(v) for v in reply[1 + 3 * i: 4 + 3 * i]]
+            for name, used, period in zip(QUOTA_NAMES, values, (day, month, month), strict=True):
+                if getattr(limits, name) > 0:
+                    uses.append(QuotaUse(scope, name, used, getattr(limits, name), period))
+        return uses
+
+    async def release(self, admission: Admission) -> None:
+        """A call that failed: give its token reservation back and free its slot."""
+        await self.settle(admission, 0, 0)
+
+    async def _run(self, op: str, admission: Admission, tokens: int, cost: int) -> list[object]:
+        day_ttl, month_ttl, day, month = _period_ttls(datetime.now(UTC))
+        keys, args = [], [op, len(admission.scopes), tokens, admission.lease_id, self._lease_ms, day_ttl,
+                          month_ttl, cost]
+        for scope, limits in zip(admission.scopes, admission.limits, strict=True):
+            base = f"rl:{{{scope.tenant}}}:{scope.name}"  # {tenant}: one hash slot in Redis Cluster
+            keys += [f"{base}:req", f"{base}:tok", f"{base}:conc", f"{base}:day:{day}", f"{base}:month:{month}",
+                     f"{base}:cost:{month}"]
+            args += [limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent_requests,
+                     limits.tokens_per_day, limits.tokens_per_month, limits.cost_micro_usd_per_month]
+        return await self._script(keys=keys, args=args)
+
+    def _fallback(self, identity: Identity, admission: Admission, exc: Exception) -> Admission:
+        policy = self._catalog.tier(identity.tier).on_redis_down
+        LIMITER_FALLBACKS.labels(policy).inc()
+        log.warning("limiter.redis_unavailable", policy=policy, error=str(exc))
+        if policy == "fail_closed":
+            raise Unavailable(
+                f"the limits store (Redis) is unreachable and tier {identity.tier!r} fails closed; retry shortly"
+            )
+        self._local.admit(admission)
+        admission.local = True
+        return admission
+
+
+def _tightest(limits: list[LimitSet], name: str) -> int:
+    values = [getattr(x, name) for x in limits if getattr(x, name) > 0]
+    return min(values) if values else -1
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _refusal(scope: Scope, limit: str, retry_ms: int, limit_value: int, tokens: int) -> ResourceExhausted:
+    violation = QuotaViolation(scope.subject, f"{limit} limit of {limit_value} reached")
+    if retry_ms < 0:  # this one call is larger than the whole per-minute budget: waiting will not help
+        return ResourceExhausted(
+            f"this request needs about {tokens} tokens, more than the {limit} limit of {limit_value} of "
+            f"{scope.name}; ask for fewer output tokens (max_output_tokens) or a higher limit",
+            violations=[violation],
+        )
+    return ResourceExhausted(
+        f"{scope.name} is over its {limit} limit of {limit_value}; retry in {retry_ms / 1000:.2f} s",
+        retry_after_seconds=retry_ms / 1000, violations=[violation],
+    )
+
+
+class LocalLimiter:
+    """The per-replica fallback while Redis is down: the same GCRA rates and concurrency, in memory.
+
+    Quotas are not enforced here (their counters live in Redis); they resume when Redis is back.
+    """
+
+    def __init__(self) -> None:
+        self._tats: dict[str, float] = {}
+        self._in_flight: dict[str, int] = {}
+
+    def admit(self, admission: Admission) -> None:
+        now = time.monotonic() * 1000
+        charges: list[tuple[str, float]] = []
+        for scope, limits in zip(admission.scopes, admission.limits, strict=True):
+            for kind, rate, cost in (("req", limits.requests_per_minute, 1),
+                                     ("tok", limits.tokens_per_minute, admission.reserved_tokens)):
+                if rate <= 0 or cost <= 0:
+                    continue
+                key = f"{scope.tenant}:{scope.name}:{kind}"
+                tat = max(self._tats.get(key, now), now) + cost * 60000 / rate
+                if tat - now > 60000.001:
+                    retry = math.ceil(tat - now - 60000)
+                    raise _refusal(scope, f"{'requests' if kind == 'req' else 'tokens'}_per_minute",
+                                   retry if cost <= rate else -1, rate, admission.reserved_tokens)
+                charges.append((key, tat))
+            slots = f"{scope.tenant}:{scope.name}"
+            if limits.concurrent_requests and self._in_flight.get(slots, 0) >= limits.concurrent_requests:
+                raise _refusal(scope, "concurrent_requests", 1000, limits.concurrent_requests, 0)
+        for key, tat in charges:
+            self._tats[key] = tat
+        for scope in admission.scopes:
+            slots = f"{scope.tenant}:{scope.name}"
+            self._in_flight[slots] = self._in_flight.get(slots, 0) + 1
+
+    def release(self, admission: Admission) -> None:
+        for scope in admission.scopes:
+            slots = f"{scope.tenant}:{scope.name}"
+            self._in_flight[slots] = max(0, self._in_flight.get(slots, 0) - 1)
