@@ -50,8 +50,8 @@ class Caller:
 async def make_caller(stack: LocalStack, key_store: ApiKeyStore) -> AsyncIterator[object]:
     clients: list[AsyncMoteurClient] = []
 
-    async def make(tenant: str, user: str = "", tier: str = "standard") -> Caller:
-        key, _ = await key_store.create(tenant, user, tier)
+    async def make(tenant: str, user: str = "", tier: str = "standard", admin: bool = False) -> Caller:
+        key, _ = await key_store.create(tenant, user, tier, admin=admin)
         client = AsyncMoteurClient(stack.address("gateway"), key)
         clients.append(client)
         return Caller(key, tenant, user, client)

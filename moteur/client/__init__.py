@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from moteur.client.errors import MoteurClientError
-from moteur.client.requests import auth_metadata, chat_request
+from moteur.client.requests import auth_metadata, chat_request, limits_request
 from moteur.v1 import gateway_pb2, gateway_pb2_grpc
 
 __all__ = ["AsyncMoteurClient", "MoteurClient", "MoteurClientError"]
@@ -82,6 +82,17 @@ class AsyncMoteurClient:
     async def delete_session(self, session_id: str) -> gateway_pb2.DeleteSessionResponse:
         return await self._unary(self._stub.DeleteSession, gateway_pb2.DeleteSessionRequest(session_id=session_id))
 
+    async def list_alerts(self, page_size: int = 0, page_token: str = "") -> gateway_pb2.ListAlertsResponse:
+        return await self._unary(self._stub.ListAlerts, gateway_pb2.ListAlertsRequest(
+            page_size=page_size, page_token=page_token))
+
+    async def get_limits(self, scope: str = "tenant") -> gateway_pb2.Limits:
+        return await self._unary(self._stub.GetLimits, gateway_pb2.GetLimitsRequest(scope=scope))
+
+    async def set_limits(self, scope: str, **limits: int) -> gateway_pb2.Limits:
+        """Replace a scope's limits (admin keys): requests_per_minute=…, tokens_per_day=…; 0 is unlimited."""
+        return await self._unary(self._stub.SetLimits, limits_request(scope, limits))
+
 
 class MoteurClient:
     """The blocking twin of :class:`AsyncMoteurClient`, for scripts and the CLI."""
@@ -142,3 +153,13 @@ class MoteurClient:
 
     def delete_session(self, session_id: str) -> gateway_pb2.DeleteSessionResponse:
         return self._unary(self._stub.DeleteSession, gateway_pb2.DeleteSessionRequest(session_id=session_id))
+
+    def list_alerts(self, page_size: int = 0, page_token: str = "") -> gateway_pb2.ListAlertsResponse:
+        return self._unary(self._stub.ListAlerts, gateway_pb2.ListAlertsRequest(
+            page_size=page_size, page_token=page_token))
+
+    def get_limits(self, scope: str = "tenant") -> gateway_pb2.Limits:
+        return self._unary(self._stub.GetLimits, gateway_pb2.GetLimitsRequest(scope=scope))
+
+    def set_limits(self, scope: str, **limits: int) -> gateway_pb2.Limits:
+        return self._unary(self._stub.SetLimits, limits_request(scope, limits))

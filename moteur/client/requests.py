@@ -48,3 +48,11 @@ def chat_request(
 
 def auth_metadata(api_key: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {api_key}")] if api_key else []
+
+
+def limits_request(scope: str, limits: Mapping[str, int]) -> gateway_pb2.SetLimitsRequest:
+    try:
+        return gateway_pb2.SetLimitsRequest(limits=gateway_pb2.Limits(scope=scope, **limits))
+    except ValueError as exc:  # an unknown limit name
+        names = ", ".join(f.name for f in gateway_pb2.Limits.DESCRIPTOR.fields[2:])  # after scope and tier
+        raise ValueError(f"{exc}; limits are {names}") from None

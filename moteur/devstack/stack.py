@@ -138,6 +138,15 @@ class LocalStack:
             ready_timeout=120,
         )
 
+    def extra_gateway(self, name: str) -> tuple[ManagedProcess, str]:
+        """Another gateway replica on the same stores and router (started by the caller, stopped by stop())."""
+        port, metrics = free_port(), free_port()
+        env = {**self.service_env("gateway"), "MOTEUR_GRPC_PORT": str(port), "MOTEUR_METRICS_PORT": str(metrics)}
+        process = ManagedProcess(name, [sys.executable, "-m", "moteur.gateway"], self.data_dir / "logs" / f"{name}.log",
+                                 env=env, ready=lambda: _grpc_healthy(port))
+        self.processes[name] = process
+        return process, f"127.0.0.1:{port}"
+
     def write_models_file(self) -> None:
         models: list[dict[str, object]] = []
         if self.options.model_server:

@@ -26,6 +26,7 @@ class Identity:
     user: str
     tier: str
     key_id: str = ""
+    admin: bool = False  # may change its tenant's limits; known to the gateway only, never forwarded
 
     def as_metadata(self) -> list[tuple[str, str]]:
         return [

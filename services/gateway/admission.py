@@ -24,13 +24,13 @@ def estimate_tokens(message: str, max_output_tokens: int) -> int:
 
 class AdmissionControl:
     def __init__(self, catalog: LimitsCatalog, limiter: RateLimiter, alerts: AlertLog) -> None:
-        self._catalog = catalog
+        self.catalog = catalog
+        self.alerts = alerts
         self._limiter = limiter
-        self._alerts = alerts
 
     def check_priority(self, identity: Identity, priority: int) -> None:
         name = PRIORITY_NAMES[priority - common_pb2.PRIORITY_CRITICAL]
-        allowed = self._catalog.tier(identity.tier).priorities
+        allowed = self.catalog.tier(identity.tier).priorities
         if name not in allowed:
             raise PermissionDenied(
                 f"tier {identity.tier!r} may use priorities {', '.join(allowed)}, not {name!r}"
@@ -43,7 +43,7 @@ class AdmissionControl:
     async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> None:
         uses = await self._limiter.settle(admission, tokens, cost_micro_usd)
         if uses:
-            await self._alerts.record(uses)
+            await self.alerts.record(uses)
 
     async def release(self, admission: Admission) -> None:
         await self._limiter.release(admission)

@@ -36,10 +36,11 @@ class ApiKey:
     tier: str
     name: str
     created_at: datetime
+    admin: bool = False
 
     @property
     def identity(self) -> Identity:
-        return Identity(tenant=self.tenant, user=self.user, tier=self.tier, key_id=self.key_id)
+        return Identity(tenant=self.tenant, user=self.user, tier=self.tier, key_id=self.key_id, admin=self.admin)
 
 
 def hash_key(plaintext: str) -> str:
@@ -56,7 +57,9 @@ class ApiKeyStore:
         await self._keys.create_index("hash", unique=True)
         await self._keys.create_index([("tenant", 1), ("_id", 1)])
 
-    async def create(self, tenant: str, user: str = "", tier: str = "standard", name: str = "") -> tuple[str, ApiKey]:
+    async def create(
+        self, tenant: str, user: str = "", tier: str = "standard", name: str = "", admin: bool = False
+    ) -> tuple[str, ApiKey]:
         """A new key; returns its plaintext (shown once, never stored) and its record."""
         if not tenant or len(tenant) > 64:
             raise InvalidArgument("tenant", "1 to 64 characters")
@@ -65,10 +68,10 @@ class ApiKeyStore:
         if tier not in TIERS:
             raise InvalidArgument("tier", f"one of {', '.join(TIERS)}")
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-        key = ApiKey(new_id(), tenant, user, tier, name, datetime.now(UTC))
+        key = ApiKey(new_id(), tenant, user, tier, name, datetime.now(UTC), admin)
         await self._keys.insert_one(
             {"_id": key.key_id, "hash": hash_key(plaintext), "tenant": tenant, "user": user, "tier": tier,
-             "name": name, "created_at": key.created_at, "revoked": False}
+             "name": name, "created_at": key.created_at, "revoked": False, "admin": admin}
         )
         return plaintext, key
 
@@ -79,13 +82,17 @@ class ApiKeyStore:
     async def list(self, tenant: str) -> list[ApiKey]:
         return [_from_doc(d) async for d in self._keys.find({"tenant": tenant, "revoked": False}).sort("_id", 1)]
 
+    async def exists(self, tenant: str, key_id: str) -> bool:
+        return await self._keys.find_one({"_id": key_id, "tenant": tenant}, {"_id": 1}) is not None
+
     async def revoke(self, tenant: str, key_id: str) -> bool:
         result = await self._keys.update_one({"_id": key_id, "tenant": tenant}, {"$set": {"revoked": True}})
         return result.modified_count == 1
 
 
 def _from_doc(doc: dict) -> ApiKey:
-    return ApiKey(doc["_id"], doc["tenant"], doc["user"], doc["tier"], doc.get("name", ""), doc["created_at"])
+    return ApiKey(doc["_id"], doc["tenant"], doc["user"], doc["tier"], doc.get("name", ""), doc["created_at"],
+                  doc.get("admin", False))
 
 
 class Authenticator:

@@ -8,14 +8,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import ValidationError
 
 from moteur.gateway import validation as check
 from moteur.gateway.admission import AdmissionControl, estimate_tokens
-from moteur.gateway.auth import Authenticator
+from moteur.gateway.auth import ApiKeyStore, Authenticator
 from moteur.gateway.conversation import Conversation, TextDelta, TurnInput, TurnResult, TurnStarted
+from moteur.gateway.limits import LimitSet
+from moteur.gateway.limits import Scope as LimitScope
 from moteur.gateway.sessions import Session, SessionStore, StoredMessage, parse_session_id
 from moteur.gateway.usage import TokenUsage
-from moteur.runtime.errors import InvalidArgument, not_built_yet
+from moteur.runtime.errors import InvalidArgument, NotFound, PermissionDenied, not_built_yet
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -25,9 +28,11 @@ _ROLES = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT,
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(
-        self, auth: Authenticator, sessions: SessionStore, conversation: Conversation, admission: AdmissionControl
+        self, auth: Authenticator, keys: ApiKeyStore, sessions: SessionStore, conversation: Conversation,
+        admission: AdmissionControl,
     ) -> None:
         self._auth = auth
+        self._keys = keys
         self._sessions = sessions
         self._conversation = conversation
         self._admission = admission
@@ -126,19 +131,56 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def GetUsage(self, request: gateway_pb2.GetUsageRequest, context: grpc.aio.ServicerContext) -> None:
         await self._auth.authenticate(context)
-        raise not_built_yet("Gateway.GetUsage", "issue #4 (admission: limits, quotas, usage)")
+        raise not_built_yet("Gateway.GetUsage", "issue #4 (admission: usage reports)")
 
-    async def ListAlerts(self, request: gateway_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext) -> None:
-        await self._auth.authenticate(context)
-        raise not_built_yet("Gateway.ListAlerts", "issue #4 (admission: limits, quotas, usage)")
+    async def ListAlerts(
+        self, request: gateway_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ListAlertsResponse:
+        identity = await self._auth.authenticate(context)
+        size = check.page_size(request.page_size, 20, 100)
+        alerts, cursor = await self._admission.alerts.list(identity.tenant, size, check.page_token(request.page_token))
+        return gateway_pb2.ListAlertsResponse(
+            alerts=[gateway_pb2.Alert(
+                id=a.id, scope=a.scope, limit=a.limit, threshold_percent=a.threshold_percent, used=a.used,
+                limit_value=a.limit_value, created_at=_timestamp(a.created_at),
+            ) for a in alerts],
+            next_page_token=cursor,
+        )
 
-    async def GetLimits(self, request: gateway_pb2.GetLimitsRequest, context: grpc.aio.ServicerContext) -> None:
-        await self._auth.authenticate(context)
-        raise not_built_yet("Gateway.GetLimits", "issue #4 (admission: limits, quotas, usage)")
+    async def GetLimits(
+        self, request: gateway_pb2.GetLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.Limits:
+        identity = await self._auth.authenticate(context)
+        scope = await self._limit_scope(identity, request.scope)
+        limits = await self._admission.catalog.limits(scope, identity.tier)
+        return gateway_pb2.Limits(scope=scope.name, tier=identity.tier, **limits.model_dump())
 
-    async def SetLimits(self, request: gateway_pb2.SetLimitsRequest, context: grpc.aio.ServicerContext) -> None:
-        await self._auth.authenticate(context)
-        raise not_built_yet("Gateway.SetLimits", "issue #4 (admission: limits, quotas, usage)")
+    async def SetLimits(
+        self, request: gateway_pb2.SetLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.Limits:
+        identity = await self._auth.authenticate(context)
+        if not identity.admin:
+            raise PermissionDenied("changing limits needs an admin key of the tenant (moteur keys create --admin)")
+        scope = await self._limit_scope(identity, request.limits.scope)
+        fields = {name: getattr(request.limits, name) for name in LimitSet.model_fields}
+        try:
+            limits = LimitSet(**fields)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise InvalidArgument(f"limits.{error['loc'][0]}", error["msg"].lower()) from None
+        await self._admission.catalog.override(scope, limits)
+        return gateway_pb2.Limits(scope=scope.name, tier=identity.tier, **limits.model_dump())
+
+    async def _limit_scope(self, identity: Identity, name: str) -> LimitScope:
+        """A scope of the caller's own tenant: "tenant", "key:<id>" or "user:<id>"."""
+        if name in ("", "tenant"):
+            return LimitScope(identity.tenant, "tenant", identity.tenant)
+        kind, _, value = name.partition(":")
+        if kind not in ("key", "user") or not value:
+            raise InvalidArgument("scope", 'one of "tenant", "key:<key id>" or "user:<user id>"')
+        if kind == "key" and not await self._keys.exists(identity.tenant, value):
+            raise NotFound(f"key {value} not found")
+        return LimitScope(identity.tenant, kind, value)  # type: ignore[arg-type]
 
 
 def _turn_input(identity: Identity, request: gateway_pb2.ChatRequest) -> TurnInput:

@@ -1,0 +1,193 @@
+"""Rate limits and quotas through the gateway, on the real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from moteur.client import AsyncMoteurClient, MoteurClientError
+from moteur.runtime.ids import new_id
+from moteur.v1 import gateway_pb2, gateway_pb2_grpc
+
+
+async def _limited_user(make_caller, tier: str = "standard", **limits: int):  # type: ignore[no-untyped-def]
+    """A user of a fresh tenant whose own limits are set by the tenant's admin key."""
+    tenant = f"t-{new_id().lower()}"
+    admin = await make_caller(tenant, "", tier=tier, admin=True)
+    if limits:
+        await admin.client.set_limits("user:u1", **limits)
+    return await make_caller(tenant, "u1", tier=tier)
+
+
+async def _refusal(call) -> MoteurClientError:  # type: ignore[no-untyped-def]
+    with pytest.raises(MoteurClientError) as caught:
+        await call
+    assert caught.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value
+    return caught.value
+
+
+def _detail(error: MoteurClientError, kind: type) -> object:
+    (detail,) = [d for d in error.details if isinstance(d, kind)]
+    return detail
+
+
+async def test_requests_over_the_per_minute_limit_get_quota_failure_and_a_computed_retry(make_caller) -> None:
+    user = await _limited_user(make_caller, requests_per_minute=3)
+    for _ in range(3):
+        await user.client.chat("hi", model_hint="instant")
+
+    error = await _refusal(user.client.chat("one too many", model_hint="instant"))
+    failure = _detail(error, error_details_pb2.QuotaFailure)
+    assert failure.violations[0].subject == f"tenant:{user.tenant}/user:u1"
+    assert "requests_per_minute limit of 3" in failure.violations[0].description
+    # GCRA: 3 per minute is one every 20 s; after a burst of 3 the next fits about 20 s later.
+    assert 15 < error.retry_after_seconds <= 20
+
+
+async def test_every_answer_carries_the_remaining_budget_in_trailing_metadata(stack, make_caller) -> None:
+    user = await _limited_user(make_caller, requests_per_minute=5, tokens_per_minute=5000)
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        gateway = gateway_pb2_grpc.GatewayStub(channel)
+        remaining = []
+        for _ in range(3):
+            call = gateway.Chat(gateway_pb2.ChatRequest(message="hi", model_hint="instant"),
+                                metadata=[("authorization", f"Bearer {user.key}")])
+            await call
+            trailing = dict(await call.trailing_metadata())
+            remaining.append(int(trailing["x-ratelimit-remaining-requests"]))
+            assert trailing["x-ratelimit-limit-requests"] == "5"
+            assert trailing["x-ratelimit-limit-tokens"] == "5000"
+    assert remaining == [4, 3, 2]
+
+
+async def test_limits_are_exact_across_three_gateway_replicas(stack, make_caller) -> None:
+    user = await _limited_user(make_caller, requests_per_minute=20)
+    replicas = [stack.extra_gateway(f"gateway-replica-{i}") for i in range(2)]
+    for process, _ in replicas:
+        process.start()
+    addresses = [stack.address("gateway"), *(address for _, address in replicas)]
+    clients = [AsyncMoteurClient(address, user.key) for address in addresses]
+    try:
+        async def attempt(i: int) -> bool:
+            try:
+                await clients[i % 3].chat(f"request {i}", model_hint="instant")
+                return True
+            except MoteurClientError as error:
+                assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+                return False
+
+        outcomes = await asyncio.gather(*(attempt(i) for i in range(200)))  # 10x over the limit
+    finally:
+        for client in clients:
+            await client.close()
+        for process, _ in replicas:
+            process.stop()
+    assert sum(outcomes) == 20
+
+
+async def test_token_reservations_are_settled_with_the_real_usage(stack, make_caller) -> None:
+    user = await _limited_user(make_caller, tokens_per_minute=2000)
+    first = await user.client.chat("hello", model_hint="instant", max_output_tokens=100)
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        call = gateway_pb2_grpc.GatewayStub(channel).Chat(
+            gateway_pb2.ChatRequest(message="hello", model_hint="instant", max_output_tokens=100),
+            metadata=[("authorization", f"Bearer {user.key}")],
+        )
+        await call
+        remaining = int(dict(await call.trailing_metadata())["x-ratelimit-remaining-tokens"])
+    reservation = (len("hello") + 3) // 4 + 100
+    used_by_first = first.usage.total_tokens
+    assert used_by_first < reservation
+    # Settled: the first turn cost its real usage, not its reservation (plus a little refill since).
+    assert 2000 - used_by_first - reservation <= remaining <= 2000 - used_by_first - reservation + 10
+
+
+async def test_a_concurrency_slot_is_released_when_the_caller_hangs_up(make_caller) -> None:
+    user = await _limited_user(make_caller, concurrent_requests=1)
+    events = user.client.chat_stream("Tell me a long story about the sea.", max_output_tokens=200)
+    await anext(events)
+    error = await _refusal(user.client.chat("meanwhile", model_hint="instant"))
+    assert "concurrent_requests limit of 1" in _detail(error, error_details_pb2.QuotaFailure).violations[0].description
+    await events.aclose()
+    for _ in range(50):
+        try:
+            await user.client.chat("after hanging up", model_hint="instant")
+            break
+        except MoteurClientError:
+            await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the slot of the cancelled call was never released")
+
+
+async def test_a_failed_call_releases_its_slot(stack, make_caller) -> None:
+    user = await _limited_user(make_caller, concurrent_requests=1)
+    stack.processes["model"].stop()
+    try:
+        with pytest.raises(MoteurClientError) as error:
+            await user.client.chat("the model is down")
+    finally:
+        stack.processes["model"].start()
+    assert error.value.code is grpc.StatusCode.UNAVAILABLE
+    await user.client.chat("the slot is free again", model_hint="instant")
+
+
+async def test_quota_thresholds_fire_one_alert_each_then_the_quota_refuses(make_caller) -> None:
+    user = await _limited_user(make_caller, tokens_per_day=20)
+    await user.client.chat("hi", model_hint="instant", max_output_tokens=8)
+    second = await user.client.chat("hi", model_hint="instant", max_output_tokens=8)
+    assert second.usage.total_tokens > 0
+
+    error = await _refusal(user.client.chat("hi", model_hint="instant", max_output_tokens=8))
+    assert "tokens_per_day" in error.message
+    assert 0 < error.retry_after_seconds <= 86400  # until the end of the UTC day
+    alerts = (await user.client.list_alerts()).alerts
+    assert sorted(a.threshold_percent for a in alerts) == [80, 100]
+    assert {(a.scope, a.limit) for a in alerts} == {("user:u1", "tokens_per_day")}
+
+
+async def test_redis_down_fails_open_or_closed_by_tier(stack, make_caller) -> None:
+    standard = await _limited_user(make_caller, tier="standard")
+    free = await _limited_user(make_caller, tier="free")
+    stack.processes["redis"].stop()
+    try:
+        await standard.client.chat("fail open", model_hint="instant")
+        with pytest.raises(MoteurClientError) as error:
+            await free.client.chat("fail closed", model_hint="instant")
+    finally:
+        stack.processes["redis"].start()
+    assert error.value.code is grpc.StatusCode.UNAVAILABLE
+    assert "fails closed" in error.value.message
+    await free.client.chat("redis is back", model_hint="instant")
+
+
+async def test_a_priority_above_the_tier_is_permission_denied(make_caller) -> None:
+    free = await _limited_user(make_caller, tier="free")
+    with pytest.raises(MoteurClientError) as error:
+        await free.client.chat("urgent", model_hint="instant", priority="critical")
+    assert error.value.code is grpc.StatusCode.PERMISSION_DENIED
+    assert "'critical'" in error.value.message
+
+
+async def test_limit_changes_are_checked_and_need_an_admin_key(make_caller, mallory) -> None:
+    tenant = f"t-{new_id().lower()}"
+    admin = await make_caller(tenant, "", admin=True)
+    user = await make_caller(tenant, "u1")
+    cases = [
+        (user.client.set_limits("user:u1", requests_per_minute=10), grpc.StatusCode.PERMISSION_DENIED),
+        (admin.client.set_limits("user:u1", requests_per_minute=-1), grpc.StatusCode.INVALID_ARGUMENT),
+        (admin.client.set_limits("tenant", tokens_per_minute=10**12), grpc.StatusCode.INVALID_ARGUMENT),
+        (admin.client.set_limits("galaxy:42", requests_per_minute=1), grpc.StatusCode.INVALID_ARGUMENT),
+        (admin.client.set_limits(f"key:{new_id()}", requests_per_minute=1), grpc.StatusCode.NOT_FOUND),
+    ]
+    for call, code in cases:
+        with pytest.raises(MoteurClientError) as error:
+            await call
+        assert error.value.code is code, error.value
+    changed = await admin.client.set_limits("user:u1", requests_per_minute=7)
+    assert (changed.scope, changed.requests_per_minute) == ("user:u1", 7)
+    assert (await user.client.get_limits("user:u1")).requests_per_minute == 7
+    # Another tenant's admin cannot see or touch them: scopes are always the caller's own tenant.
+    assert (await mallory.client.get_limits("user:u1")).requests_per_minute != 7
