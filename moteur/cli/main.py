@@ -25,8 +25,11 @@ from moteur.v1 import common_pb2
 app = typer.Typer(help="moteur: a GPT engine behind one gRPC API.", no_args_is_help=True)
 sessions_app = typer.Typer(help="Sessions of the key's user.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (talks to MongoDB directly: an operator's tool).", no_args_is_help=True)
+limits_app = typer.Typer(help="Rate limits and quotas of your tenant (setting them needs an admin key).",
+                         no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(keys_app, name="keys")
+app.add_typer(limits_app, name="limits")
 
 console = Console()
 errors = Console(stderr=True)
@@ -174,9 +177,10 @@ def keys_create(
     user: Annotated[str, typer.Option(help="The user it acts for; empty: a service key for any user.")] = "",
     tier: Annotated[str, typer.Option(help="free, standard, pro, enterprise or service.")] = "standard",
     name: Annotated[str, typer.Option(help="A label for people.")] = "",
+    admin: Annotated[bool, typer.Option(help="May change the tenant's limits.")] = False,
 ) -> None:
     """Create an API key; its plaintext is printed once and never stored."""
-    plaintext, key = _key_store_call(lambda store: store.create(tenant, user, tier, name))  # type: ignore[misc]
+    plaintext, key = _key_store_call(lambda store: store.create(tenant, user, tier, name, admin))  # type: ignore[misc]
     console.print(f"key id {key.key_id} · tenant {key.tenant} · user {key.user or '(service)'} · tier {key.tier}")
     console.print(plaintext, markup=False, highlight=False)
     errors.print("[yellow]store it now: only its hash is kept, it cannot be shown again.[/yellow]")
@@ -202,3 +206,52 @@ def keys_revoke(
     if not _key_store_call(lambda store: store.revoke(tenant, key_id)):
         raise _fail(f"no active key {key_id} in tenant {tenant}")
     console.print(f"revoked {key_id}")
+
+
+_LIMIT_NAMES = ("requests_per_minute", "tokens_per_minute", "concurrent_requests", "tokens_per_day",
+                "tokens_per_month", "cost_micro_usd_per_month")
+
+
+def _print_limits(limits: object) -> None:
+    table = Table("limit", "value", title=f"{limits.scope} (tier {limits.tier})")  # type: ignore[attr-defined]
+    for name in _LIMIT_NAMES:
+        value = getattr(limits, name)
+        table.add_row(name, f"{value:,}" if value else "unlimited")
+    console.print(table)
+
+
+@limits_app.command("show")
+def limits_show(
+    scope: Annotated[str, typer.Argument(help='"tenant", "key:<key id>" or "user:<user id>".')] = "tenant",
+) -> None:
+    """The limits in force for a scope of your tenant."""
+    with _client() as client:
+        _print_limits(client.get_limits(scope))
+
+
+@limits_app.command("set")
+def limits_set(
+    scope: Annotated[str, typer.Argument(help='"tenant", "key:<key id>" or "user:<user id>".')],
+    limits: Annotated[list[str], typer.Argument(help="name=value pairs, e.g. requests_per_minute=60; 0 is unlimited.")],
+) -> None:
+    """Replace a scope's limits (unnamed ones become unlimited); applies within seconds, no restart."""
+    values: dict[str, int] = {}
+    for pair in limits:
+        name, _, value = pair.partition("=")
+        if name not in _LIMIT_NAMES or not value.lstrip("-").isdigit():
+            raise _fail(f"{pair!r}: expected name=integer with name one of {', '.join(_LIMIT_NAMES)}")
+        values[name] = int(value)
+    with _client() as client:
+        _print_limits(client.set_limits(scope, **values))
+
+
+@app.command()
+def alerts(limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20) -> None:
+    """Quota alerts of your tenant (80 % and 100 % of a quota, once per period)."""
+    with _client() as client:
+        page = client.list_alerts(page_size=limit)
+    table = Table("when", "scope", "limit", "threshold", "used")
+    for a in page.alerts:
+        when = a.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M")
+        table.add_row(when, a.scope, a.limit, f"{a.threshold_percent} %", f"{a.used:,} / {a.limit_value:,}")
+    console.print(table)

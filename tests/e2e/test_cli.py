@@ -59,3 +59,16 @@ def test_keys_create_prints_a_key_that_works_and_list_never_shows_secrets(cli_en
     assert "peter" in listed.output and key not in listed.output
     key_id = re.search(r"key id (\w{26})", created.output).group(1)  # type: ignore[union-attr]
     assert runner.invoke(app, ["keys", "revoke", key_id, "--tenant", "initech"]).exit_code == 0
+
+
+def test_an_admin_key_sets_and_shows_limits_and_lists_alerts(cli_env, monkeypatch) -> None:
+    created = runner.invoke(app, ["keys", "create", "--tenant", "umbrella", "--admin"])
+    monkeypatch.setenv("MOTEUR_API_KEY", re.search(r"mot_\S+", created.output).group(0))  # type: ignore[union-attr]
+
+    changed = runner.invoke(app, ["limits", "set", "user:ada", "requests_per_minute=5", "tokens_per_day=1000"])
+    assert changed.exit_code == 0, changed.output
+    shown = runner.invoke(app, ["limits", "show", "user:ada"])
+    assert "requests_per_minute" in shown.output and "1,000" in shown.output and "unlimited" in shown.output
+    bad = runner.invoke(app, ["limits", "set", "user:ada", "requests_per_minute=-5"])
+    assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.output
+    assert runner.invoke(app, ["alerts"]).exit_code == 0
