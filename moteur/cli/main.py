@@ -255,3 +255,18 @@ def alerts(limit: Annotated[int, typer.Option(help="How many, newest first.")] =
         when = a.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M")
         table.add_row(when, a.scope, a.limit, f"{a.threshold_percent} %", f"{a.used:,} / {a.limit_value:,}")
     console.print(table)
+
+
+@app.command()
+def usage(
+    group_by: Annotated[str, typer.Option("--by", help='"", model, user, key or day.')] = "model",
+    user: Annotated[str, typer.Option(help="One user (service keys); a user key sees its own only.")] = "",
+) -> None:
+    """Today's requests, tokens and cost (UTC), from the usage ledger."""
+    with _client() as client:
+        report = client.get_usage(user_id=user, group_by=group_by)
+    table = Table(group_by or "all", "requests", "input tokens", "output tokens", "cost (USD)")
+    for row in report.rows:
+        table.add_row(row.group or "-", f"{row.requests:,}", f"{row.usage.input_tokens:,}",
+                      f"{row.usage.output_tokens:,}", f"{row.usage.cost_micro_usd / 1e6:.4f}")
+    console.print(table)

@@ -93,6 +93,10 @@ class AsyncMoteurClient:
         """Replace a scope's limits (admin keys): requests_per_minute=…, tokens_per_day=…; 0 is unlimited."""
         return await self._unary(self._stub.SetLimits, limits_request(scope, limits))
 
+    async def get_usage(self, user_id: str = "", group_by: str = "") -> gateway_pb2.GetUsageResponse:
+        """Today's usage (UTC), grouped by "", "model", "user", "key" or "day"."""
+        return await self._unary(self._stub.GetUsage, gateway_pb2.GetUsageRequest(user_id=user_id, group_by=group_by))
+
 
 class MoteurClient:
     """The blocking twin of :class:`AsyncMoteurClient`, for scripts and the CLI."""
@@ -163,3 +167,6 @@ class MoteurClient:
 
     def set_limits(self, scope: str, **limits: int) -> gateway_pb2.Limits:
         return self._unary(self._stub.SetLimits, limits_request(scope, limits))
+
+    def get_usage(self, user_id: str = "", group_by: str = "") -> gateway_pb2.GetUsageResponse:
+        return self._unary(self._stub.GetUsage, gateway_pb2.GetUsageRequest(user_id=user_id, group_by=group_by))

@@ -45,7 +45,7 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
         yield [
             Registration(
                 gateway_pb2.DESCRIPTOR.services_by_name["Gateway"],
-                GatewayServicer(Authenticator(keys), keys, sessions, conversation, admission),
+                GatewayServicer(Authenticator(keys), keys, sessions, usage, conversation, admission),
                 gateway_pb2_grpc.add_GatewayServicer_to_server,
             )
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,7 +18,7 @@ from moteur.gateway.conversation import Conversation, TextDelta, TurnInput, Turn
 from moteur.gateway.limits import LimitSet
 from moteur.gateway.limits import Scope as LimitScope
 from moteur.gateway.sessions import Session, SessionStore, StoredMessage, parse_session_id
-from moteur.gateway.usage import TokenUsage
+from moteur.gateway.usage import GROUPS, TokenUsage, UsageLedger, usage_report
 from moteur.runtime.errors import InvalidArgument, NotFound, PermissionDenied, not_built_yet
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -28,11 +29,12 @@ _ROLES = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT,
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(
-        self, auth: Authenticator, keys: ApiKeyStore, sessions: SessionStore, conversation: Conversation,
-        admission: AdmissionControl,
+        self, auth: Authenticator, keys: ApiKeyStore, sessions: SessionStore, usage: UsageLedger,
+        conversation: Conversation, admission: AdmissionControl,
     ) -> None:
         self._auth = auth
         self._keys = keys
+        self._usage = usage
         self._sessions = sessions
         self._conversation = conversation
         self._admission = admission
@@ -129,9 +131,27 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         deleted = await self._sessions.delete(check.scope(identity, identity.user), session_id)
         return gateway_pb2.DeleteSessionResponse(deleted_messages=deleted)
 
-    async def GetUsage(self, request: gateway_pb2.GetUsageRequest, context: grpc.aio.ServicerContext) -> None:
-        await self._auth.authenticate(context)
-        raise not_built_yet("Gateway.GetUsage", "issue #4 (admission: usage reports)")
+    async def GetUsage(
+        self, request: gateway_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.GetUsageResponse:
+        identity = await self._auth.authenticate(context)
+        user = check.acting_user(identity, request.user_id)  # a user key sees its own usage only
+        if request.group_by not in GROUPS:
+            raise InvalidArgument("group_by", f"one of {', '.join(repr(g) for g in GROUPS)}")
+        now = datetime.now(UTC)
+        start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else now.replace(
+            hour=0, minute=0, second=0, microsecond=0)
+        end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else now
+        if end <= start:
+            raise InvalidArgument("end_time", "must be after start_time")
+        rows = await usage_report(self._usage, identity.tenant, user, start, end, request.group_by)
+        total = TokenUsage(*(sum(getattr(r.usage, f) for r in rows)
+                             for f in ("input_tokens", "output_tokens", "cost_micro_usd")))
+        return gateway_pb2.GetUsageResponse(
+            rows=[gateway_pb2.UsageRow(group=r.group, requests=r.requests, usage=_usage(r.usage.as_dict()))
+                  for r in rows],
+            total=_usage(total.as_dict()),
+        )
 
     async def ListAlerts(
         self, request: gateway_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext

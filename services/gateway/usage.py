@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from pymongo import InsertOne
 from pymongo.asynchronous.database import AsyncDatabase
@@ -35,6 +36,10 @@ class UsageLedger:
     def __init__(self, db: AsyncDatabase) -> None:
         self._usage = db["usage"]
 
+    @property
+    def collection(self) -> Any:
+        return self._usage
+
     async def ensure_indexes(self) -> None:
         await self._usage.create_index([("tenant", 1), ("created_at", 1)])
 
@@ -45,3 +50,34 @@ class UsageLedger:
              "session_id": session_id, "model": model, **usage.as_dict(), "created_at": datetime.now(UTC)},
             namespace=self._usage.full_name,
         )
+
+
+GROUPS: dict[str, Any] = {
+    "": None, "model": "$model", "user": "$user", "key": "$key_id",
+    "day": {"$dateToString": {"format": "%Y-%m-%d", "date": "$created_at"}},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    group: str
+    requests: int
+    usage: TokenUsage
+
+
+async def usage_report(
+    ledger: UsageLedger, tenant: str, user: str, start: datetime, end: datetime, group_by: str
+) -> list[UsageRow]:
+    """Requests, tokens and cost of a tenant (or one of its users) in [start, end), grouped."""
+    match: dict[str, Any] = {"tenant": tenant, "created_at": {"$gte": start, "$lt": end}}
+    if user:
+        match["user"] = user
+    pipeline = [
+        {"$match": match},
+        {"$group": {"_id": GROUPS[group_by], "requests": {"$sum": 1},
+                    "input_tokens": {"$sum": "$input_tokens"}, "output_tokens": {"$sum": "$output_tokens"},
+                    "cost_micro_usd": {"$sum": "$cost_micro_usd"}}},
+        {"$sort": {"_id": 1}},
+    ]
+    rows = await (await ledger.collection.aggregate(pipeline)).to_list()
+    return [UsageRow(str(r["_id"] or ""), r["requests"], TokenUsage.from_dict(r)) for r in rows]

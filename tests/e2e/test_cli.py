@@ -72,3 +72,4 @@ def test_an_admin_key_sets_and_shows_limits_and_lists_alerts(cli_env, monkeypatc
     bad = runner.invoke(app, ["limits", "set", "user:ada", "requests_per_minute=-5"])
     assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.output
     assert runner.invoke(app, ["alerts"]).exit_code == 0
+    assert runner.invoke(app, ["usage", "--by", "user"]).exit_code == 0

@@ -191,3 +191,25 @@ async def test_limit_changes_are_checked_and_need_an_admin_key(make_caller, mall
     assert (await user.client.get_limits("user:u1")).requests_per_minute == 7
     # Another tenant's admin cannot see or touch them: scopes are always the caller's own tenant.
     assert (await mallory.client.get_limits("user:u1")).requests_per_minute != 7
+
+
+async def test_usage_is_reported_per_model_and_a_user_key_sees_only_its_own(make_caller) -> None:
+    tenant = f"t-{new_id().lower()}"
+    service = await make_caller(tenant, "")
+    ada, bob = await make_caller(tenant, "ada"), await make_caller(tenant, "bob")
+    answers = [await ada.client.chat("hi", model_hint="instant") for _ in range(2)]
+    answers.append(await bob.client.chat("hello"))  # smollm2
+
+    by_model = await service.client.get_usage(group_by="model")
+    assert {r.group: r.requests for r in by_model.rows} == {"instant": 2, "smollm2": 1}
+    assert by_model.total.total_tokens == sum(a.usage.total_tokens for a in answers)
+    by_user = await service.client.get_usage(group_by="user")
+    assert {r.group: r.requests for r in by_user.rows} == {"ada": 2, "bob": 1}
+    own = await ada.client.get_usage()
+    assert [r.requests for r in own.rows] == [2]
+    with pytest.raises(MoteurClientError) as error:
+        await ada.client.get_usage(user_id="bob")
+    assert error.value.code is grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(MoteurClientError) as error:
+        await service.client.get_usage(group_by="colour")
+    assert error.value.code is grpc.StatusCode.INVALID_ARGUMENT
