@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from moteur.devstack.stack import SERVICES
+from moteur.gateway.limits import TiersConfig, load_tiers
 from moteur.router.registry import ModelsConfig
 
 CHART = Path(__file__).parents[2] / "deploy" / "helm" / "moteur"
@@ -23,6 +24,7 @@ PRODUCTION = {
     "services": {"gateway": {"replicas": 3, "serviceType": "LoadBalancer"}},
     "providerKeys": {"OPENAI_API_KEY": "sk-test-not-real"},
     "files": {"persistence": {"enabled": True, "size": "50Gi"}},
+    "prometheusRule": {"enabled": True},
     "router": {"models": {"default_model": "gpt-4o", "models": [
         {"name": "gpt-4o", "provider": "openai", "model": "gpt-4o", "base_url": "https://api.openai.com/v1",
          "api_key_env": "OPENAI_API_KEY", "context_window": 128000, "max_output_tokens": 4096,
@@ -51,6 +53,8 @@ def test_every_rendered_manifest_is_valid_kubernetes(values: dict[str, Any]) -> 
     manifests = _render(values)
     assert manifests
     for manifest in manifests:
+        if manifest["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # Prometheus Operator CRDs: not in the Kubernetes schemas
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
 
 
@@ -108,3 +112,20 @@ def test_skaffold_builds_every_image_the_chart_deploys() -> None:
     release = skaffold["deploy"]["helm"]["releases"][0]
     assert Path(CHART.parents[2] / release["chartPath"]) == CHART
     assert set(release["setValueTemplates"]) == {f"services.{s}.image" for s in SERVICES} | {"modelServer.image"}
+
+
+@pytest.mark.parametrize("values", [{}, PRODUCTION], ids=["default", "production"])
+def test_the_gateway_mounts_tiers_it_can_load(values: dict[str, Any]) -> None:
+    manifests = _render(values)
+    shipped = _by_kind(manifests, "ConfigMap")["moteur-tiers"]["data"]["tiers.yaml"]
+    tiers = TiersConfig.model_validate(yaml.safe_load(shipped))
+    assert tiers == load_tiers(CHART.parents[2] / "config" / "tiers.yaml")  # the chart ships the repo's example
+    gateway = _by_kind(manifests, "Deployment")["moteur-gateway"]["spec"]["template"]["spec"]
+    assert gateway["volumes"] == [{"name": "tiers", "configMap": {"name": "moteur-tiers"}}]
+    assert _by_kind(manifests, "ConfigMap")["moteur-gateway"]["data"]["MOTEUR_TIERS_FILE"] == "/etc/moteur/tiers.yaml"
+
+
+def test_the_prometheus_rule_covers_quota_alerts() -> None:
+    (rule,) = [m for m in _render(PRODUCTION) if m["kind"] == "PrometheusRule"]
+    names = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"MoteurQuotaThresholdReached", "MoteurLimiterRedisUnavailable"} <= names

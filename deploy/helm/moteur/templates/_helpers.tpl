@@ -38,6 +38,10 @@ MOTEUR_REDIS_URL: {{ $root.Values.redis.url | quote }}
 {{- if eq .service "router" }}
 MOTEUR_MODELS_FILE: /etc/moteur/models.yaml
 {{- end }}
+{{- if eq .service "gateway" }}
+MOTEUR_TIERS_FILE: /etc/moteur/tiers.yaml
+MOTEUR_ALERT_WEBHOOK_URL: {{ $root.Values.gateway.alertWebhookUrl | quote }}
+{{- end }}
 {{- if eq .service "memory" }}
 MOTEUR_MILVUS_URI: {{ $root.Values.milvus.uri | quote }}
 {{- end }}
