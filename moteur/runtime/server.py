@@ -36,6 +36,7 @@ class Registration:
     descriptor: ServiceDescriptor
     servicer: Any
     add_to_server: Callable[[Any, grpc.aio.Server], None]
+    on_drain: Callable[[], object] | None = None  # called when draining starts, before in-flight calls end
 
 
 # An async generator: opens what the service needs, yields its registrations, closes on the way out.
@@ -75,6 +76,9 @@ async def serve(app: ServiceApp, settings: ServerSettings, stop: asyncio.Event |
         # Drain: report NOT_SERVING so load balancers stop sending, then let in-flight calls finish.
         for name in ("", *names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        for registration in registrations:
+            if registration.on_drain is not None:
+                registration.on_drain()
         log.info("server.draining", grace_seconds=settings.drain_seconds)
         await server.stop(settings.drain_seconds)
         log.info("server.stopped")

@@ -69,3 +69,8 @@ class GatewaySettings(MoteurSettings):
     lease_seconds: float = Field(
         600.0, description="Longest a concurrency slot is held if its gateway dies mid-call (crash recovery)."
     )
+    queue_capacity: int = Field(64, gt=0, description="Chat turns dispatched to the models at once, per replica.")
+    queue_max_queued: int = Field(1000, ge=0, description="Turns that may wait, per replica.")
+    queue_max_queued_per_tenant: int = Field(100, ge=0, description="Turns one tenant may have waiting.")
+    queue_critical_reserve: int = Field(4, ge=0, description="Dispatch slots only critical turns may use.")
+    queue_max_wait_seconds: float = Field(30.0, gt=0, description="Longest a turn waits for a slot.")

@@ -13,6 +13,7 @@ from moteur.gateway.conversation import Conversation
 from moteur.gateway.idempotency import IdempotencyStore
 from moteur.gateway.limiter import RateLimiter
 from moteur.gateway.limits import LimitsCatalog, load_tiers
+from moteur.gateway.queue import AdmissionQueue
 from moteur.gateway.servicer import GatewayServicer
 from moteur.gateway.sessions import SessionStore
 from moteur.gateway.usage import UsageLedger
@@ -37,7 +38,11 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     catalog, alerts = LimitsCatalog(tiers, db), AlertLog(db, settings.alert_webhook_url)
     for store in (keys, sessions, usage, idempotency, alerts):
         await store.ensure_indexes()
-    admission = AdmissionControl(catalog, RateLimiter(limits_store, catalog, settings.lease_seconds), alerts)
+    queue = AdmissionQueue(
+        settings.queue_capacity, settings.queue_max_queued, settings.queue_max_queued_per_tenant,
+        settings.queue_critical_reserve, settings.queue_max_wait_seconds,
+    )
+    admission = AdmissionControl(catalog, RateLimiter(limits_store, catalog, settings.lease_seconds), alerts, queue)
     conversation = Conversation(
         mongo, sessions, usage, idempotency, router_pb2_grpc.RouterStub(router_channel), mesh.call_timeout_seconds
     )
@@ -47,6 +52,7 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
                 gateway_pb2.DESCRIPTOR.services_by_name["Gateway"],
                 GatewayServicer(Authenticator(keys), keys, sessions, usage, conversation, admission),
                 gateway_pb2_grpc.add_GatewayServicer_to_server,
+                on_drain=queue.drain,  # queued turns are handed back at once, in-flight ones finish
             )
         ]
     finally:

@@ -1,7 +1,6 @@
-"""The gateway's front door for a chat turn: may this caller use this priority, and do its limits
-and quotas admit the turn? Settles or releases what was reserved when the turn ends.
-
-The bounded, fair priority queue between admission and the model joins here (issue 4, second part).
+"""The gateway's front door for a chat turn: may this caller use this priority, do its limits and
+quotas admit the turn, and when is there a model free for it (the queue)? Settles or releases what was
+reserved when the turn ends.
 """
 
 from __future__ import annotations
@@ -9,6 +8,7 @@ from __future__ import annotations
 from moteur.gateway.alerts import AlertLog
 from moteur.gateway.limiter import Admission, RateLimiter
 from moteur.gateway.limits import PRIORITY_NAMES, LimitsCatalog
+from moteur.gateway.queue import AdmissionQueue
 from moteur.runtime.errors import PermissionDenied
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2
@@ -23,9 +23,10 @@ def estimate_tokens(message: str, max_output_tokens: int) -> int:
 
 
 class AdmissionControl:
-    def __init__(self, catalog: LimitsCatalog, limiter: RateLimiter, alerts: AlertLog) -> None:
+    def __init__(self, catalog: LimitsCatalog, limiter: RateLimiter, alerts: AlertLog, queue: AdmissionQueue) -> None:
         self.catalog = catalog
         self.alerts = alerts
+        self.queue = queue
         self._limiter = limiter
 
     def check_priority(self, identity: Identity, priority: int) -> None:

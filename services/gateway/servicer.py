@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -19,6 +20,7 @@ from moteur.gateway.limits import LimitSet
 from moteur.gateway.limits import Scope as LimitScope
 from moteur.gateway.sessions import Session, SessionStore, StoredMessage, parse_session_id
 from moteur.gateway.usage import GROUPS, TokenUsage, UsageLedger, usage_report
+from moteur.runtime.context import time_remaining
 from moteur.runtime.errors import InvalidArgument, NotFound, PermissionDenied, not_built_yet
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -68,14 +70,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         admission = await self._admission.admit(
             identity, turn.user, turn.priority, estimate_tokens(turn.message, turn.max_output_tokens)
         )
-        context.set_trailing_metadata(admission.budget.as_metadata())
+        budget = admission.budget.as_metadata()
+        context.set_trailing_metadata(budget)
 
         async def settle(result: TurnResult) -> None:
             usage = result.usage if not result.replay else TokenUsage()
             await self._admission.settle(admission, usage.total_tokens, usage.cost_micro_usd)
 
+        queue = self._admission.queue
         try:
-            yield settle
+            slot = await queue.acquire(identity.tenant, turn.priority - common_pb2.PRIORITY_CRITICAL, time_remaining())
+            context.set_trailing_metadata([*budget, ("x-moteur-queue-wait-ms", f"{slot.wait_seconds * 1000:.1f}")])
+            dispatched = time.monotonic()
+            try:
+                yield settle
+            finally:
+                queue.release(dispatched)
         finally:
             if not admission.settled:
                 await asyncio.shield(self._admission.release(admission))

@@ -1,0 +1,136 @@
+"""The admission queue's invariants, on the event loop without a network."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from moteur.gateway.queue import AdmissionQueue
+from moteur.runtime.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+CRITICAL, HIGH, NORMAL, LOW, BATCH = range(5)
+
+
+async def _queued(queue: AdmissionQueue, tenant: str, level: int, order: list[str], label: str) -> asyncio.Task:
+    async def wait() -> None:
+        await queue.acquire(tenant, level)
+        order.append(label)
+
+    task = asyncio.create_task(wait())
+    await asyncio.sleep(0)  # let it enqueue
+    return task
+
+
+async def test_slots_are_taken_at_once_up_to_capacity_then_turns_wait() -> None:
+    queue = AdmissionQueue(capacity=2, max_queued=10, max_queued_per_tenant=10)
+    first, second = await queue.acquire("a", NORMAL), await queue.acquire("a", NORMAL)
+    assert first.wait_seconds == second.wait_seconds == 0 and queue.in_flight == 2
+    order: list[str] = []
+    task = await _queued(queue, "a", NORMAL, order, "third")
+    assert queue.queued == 1 and order == []
+    queue.release()
+    await task
+    assert order == ["third"] and queue.in_flight == 2
+
+
+async def test_higher_levels_are_dispatched_first() -> None:
+    queue = AdmissionQueue(capacity=1, max_queued=10, max_queued_per_tenant=10)
+    await queue.acquire("a", NORMAL)
+    order: list[str] = []
+    tasks = [await _queued(queue, "a", level, order, name)
+             for level, name in ((BATCH, "batch"), (NORMAL, "normal"), (HIGH, "high"), (CRITICAL, "critical"))]
+    for _ in tasks:
+        queue.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == ["critical", "high", "normal", "batch"]
+
+
+async def test_tenants_take_turns_within_a_level() -> None:
+    queue = AdmissionQueue(capacity=1, max_queued=100, max_queued_per_tenant=100)
+    await queue.acquire("noisy", NORMAL)
+    order: list[str] = []
+    tasks = [await _queued(queue, "noisy", NORMAL, order, f"noisy{i}") for i in range(5)]
+    tasks.append(await _queued(queue, "quiet", NORMAL, order, "quiet0"))
+    for _ in tasks:
+        queue.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order.index("quiet0") <= 1  # served right after the noisy tenant's first, not after all five
+
+
+async def test_a_full_queue_sheds_the_lowest_level_for_a_higher_one_and_refuses_the_rest() -> None:
+    queue = AdmissionQueue(capacity=1, max_queued=2, max_queued_per_tenant=10)
+    await queue.acquire("a", NORMAL)
+    order: list[str] = []
+    batch = await _queued(queue, "a", BATCH, order, "batch")
+    normal = await _queued(queue, "b", NORMAL, order, "normal")
+    critical = await _queued(queue, "c", CRITICAL, order, "critical")  # evicts the batch turn
+    with pytest.raises(ResourceExhausted, match="higher-priority") as evicted:
+        await batch
+    assert evicted.value.retry_after_seconds > 0
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        await queue.acquire("d", LOW)  # nothing below LOW waits: refused
+    queue.release()
+    await critical
+    queue.release()
+    await normal
+    assert order == ["critical", "normal"]
+
+
+async def test_one_tenant_cannot_fill_the_queue() -> None:
+    queue = AdmissionQueue(capacity=1, max_queued=10, max_queued_per_tenant=2)
+    await queue.acquire("noisy", NORMAL)
+    tasks = [await _queued(queue, "noisy", NORMAL, [], str(i)) for i in range(2)]
+    with pytest.raises(ResourceExhausted, match="already has 2 turns waiting"):
+        await queue.acquire("noisy", NORMAL)
+    quiet = await _queued(queue, "quiet", NORMAL, [], "quiet")
+    assert queue.queued == 3
+    for task in (*tasks, quiet):
+        task.cancel()
+
+
+async def test_a_share_of_capacity_is_kept_for_critical_turns() -> None:
+    queue = AdmissionQueue(capacity=3, max_queued=10, max_queued_per_tenant=10, critical_reserve=1)
+    await queue.acquire("a", NORMAL)
+    await queue.acquire("a", NORMAL)
+    waiting = await _queued(queue, "a", NORMAL, [], "third normal")
+    assert queue.queued == 1  # the last slot is not for it
+    slot = await queue.acquire("b", CRITICAL)
+    assert slot.wait_seconds == 0 and queue.in_flight == 3
+    waiting.cancel()
+
+
+async def test_a_turn_whose_deadline_passes_in_the_queue_leaves_it() -> None:
+    queue = AdmissionQueue(capacity=1, max_queued=10, max_queued_per_tenant=10)
+    await queue.acquire("a", NORMAL)
+    with pytest.raises(DeadlineExceeded, match="in the queue"):
+        await queue.acquire("a", NORMAL, timeout=0.05)
+    assert queue.queued == 0
+
+
+async def test_a_cancelled_caller_leaves_the_queue_at_once() -> None:
+    queue = AdmissionQueue(capacity=1, max_queued=10, max_queued_per_tenant=10)
+    await queue.acquire("a", NORMAL)
+    order: list[str] = []
+    leaving = await _queued(queue, "a", NORMAL, order, "leaving")
+    staying = await _queued(queue, "b", NORMAL, order, "staying")
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert queue.queued == 1
+    queue.release()
+    await staying
+    assert order == ["staying"] and queue.in_flight == 1
+
+
+async def test_draining_hands_back_every_waiting_turn_and_refuses_new_ones() -> None:
+    queue = AdmissionQueue(capacity=1, max_queued=10, max_queued_per_tenant=10)
+    await queue.acquire("a", NORMAL)
+    waiting = await _queued(queue, "a", NORMAL, [], "waiting")
+    assert queue.drain() == 1
+    with pytest.raises(Unavailable, match="shutting down"):
+        await waiting
+    with pytest.raises(Unavailable):
+        await queue.acquire("b", CRITICAL)
