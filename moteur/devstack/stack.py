@@ -138,10 +138,12 @@ class LocalStack:
             ready_timeout=120,
         )
 
-    def extra_gateway(self, name: str) -> tuple[ManagedProcess, str]:
-        """Another gateway replica on the same stores and router (started by the caller, stopped by stop())."""
+    def extra_gateway(self, name: str, **settings: str) -> tuple[ManagedProcess, str]:
+        """Another gateway replica on the same stores and router (started by the caller, stopped by stop()),
+        with extra ``MOTEUR_*`` settings."""
         port, metrics = free_port(), free_port()
-        env = {**self.service_env("gateway"), "MOTEUR_GRPC_PORT": str(port), "MOTEUR_METRICS_PORT": str(metrics)}
+        env = {**self.service_env("gateway"), "MOTEUR_GRPC_PORT": str(port), "MOTEUR_METRICS_PORT": str(metrics),
+               **settings}
         process = ManagedProcess(name, [sys.executable, "-m", "moteur.gateway"], self.data_dir / "logs" / f"{name}.log",
                                  env=env, ready=lambda: _grpc_healthy(port))
         self.processes[name] = process
