@@ -1,8 +1,13 @@
-"""Run every benchmark: `python -m bench` (or `make bench`)."""
+"""Run every benchmark: `python -m bench` (or `make bench`); `python -m bench admission` runs one."""
 
 from __future__ import annotations
 
-from bench import chat_path
+import sys
+
+from bench import admission, chat_path
+
+BENCHMARKS = {"chat_path": chat_path.main, "admission": admission.main}
 
 if __name__ == "__main__":
-    chat_path.main()
+    for name in sys.argv[1:] or BENCHMARKS:
+        BENCHMARKS[name]()
