@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import admission, chat_path
+from bench import admission, chat_path, overload
 
-BENCHMARKS = {"chat_path": chat_path.main, "admission": admission.main}
+BENCHMARKS = {"chat_path": chat_path.main, "admission": admission.main, "overload": overload.main}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or BENCHMARKS:

@@ -134,3 +134,17 @@ async def test_draining_hands_back_every_waiting_turn_and_refuses_new_ones() -> 
         await waiting
     with pytest.raises(Unavailable):
         await queue.acquire("b", CRITICAL)
+
+
+async def test_check_room_refuses_up_front_what_acquire_would_shed() -> None:
+    queue = AdmissionQueue(capacity=1, max_queued=1, max_queued_per_tenant=1)
+    queue.check_room("a", NORMAL)  # a free slot
+    await queue.acquire("a", NORMAL)
+    queue.check_room("a", NORMAL)  # room to wait
+    waiting = await _queued(queue, "a", NORMAL, [], "waiting")
+    with pytest.raises(ResourceExhausted, match="already has 1 turns waiting"):
+        queue.check_room("a", NORMAL)
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        queue.check_room("b", NORMAL)
+    queue.check_room("b", CRITICAL)  # it would evict the waiting normal turn
+    waiting.cancel()

@@ -30,6 +30,7 @@ class StackOptions:
     second_model: bool = False  # also serve Gemma 3 270M (`make run`)
     preferred_ports: dict[str, int] = field(default_factory=dict)
     service_env: dict[str, str] = field(default_factory=dict)  # extra MOTEUR_* settings for every service
+    extra_models: list[dict[str, object]] = field(default_factory=list)  # more registry entries (benchmarks)
 
 
 def _grpc_healthy(port: int) -> bool:
@@ -164,6 +165,7 @@ class LocalStack:
                 "max_output_tokens": 256, "timeout_seconds": 60, "stop": ["USER:"],
             })
         models.append({"name": "instant", "provider": "instant", "context_window": 8192})
+        models.extend(self.options.extra_models)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         default = "smollm2" if self.options.model_server else "instant"
         self.models_file.write_text(yaml.safe_dump({"default_model": default, "models": models}, sort_keys=False))

@@ -39,6 +39,9 @@ class AdmissionControl:
 
     async def admit(self, identity: Identity, user: str, priority: int, tokens: int) -> Admission:
         self.check_priority(identity, priority)
+        # A turn the queue would shed is refused before it costs a Redis round trip: under overload the
+        # refusal must be the cheapest answer the gateway gives.
+        self.queue.check_room(identity.tenant, priority - common_pb2.PRIORITY_CRITICAL)
         return await self._limiter.admit(identity, user, tokens)
 
     async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> None:

@@ -93,6 +93,19 @@ class AdmissionQueue:
             raise
         return self._dispatched(waiter)
 
+    def check_room(self, tenant: str, level: int) -> None:
+        """Refuse now, before any other work, a turn that :meth:`acquire` would shed at once."""
+        if self._draining:
+            raise Unavailable("this gateway is shutting down; retry on another replica")
+        if self._may_dispatch(level) and not self._waiting_at_or_above(level):
+            return
+        if self._per_tenant.get(tenant, 0) >= self.max_queued_per_tenant:
+            QUEUE_SHED.labels(LEVELS[level], "tenant_full").inc()
+            raise self._refusal(level, f"tenant {tenant!r} already has {self.max_queued_per_tenant} turns waiting")
+        if self._queued >= self.max_queued and not any(self._levels[i] for i in range(level + 1, len(LEVELS))):
+            QUEUE_SHED.labels(LEVELS[level], "full").inc()
+            raise self._refusal(level, f"the queue is full ({self.max_queued} turns waiting)")
+
     def release(self, started: float | None = None) -> None:
         """A dispatched turn ended (whatever its outcome): its slot goes to the next waiter."""
         self.in_flight -= 1

@@ -7,6 +7,7 @@ the SDK's failures into moteur errors that name the deployment, so that the call
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ class InstantProvider:
         return f"instant answer to: {turns[-1].content[:200]}"
 
     async def complete(self, turns: Sequence[Turn], generation: Generation) -> Completion:
+        if self.deployment.simulated_latency_ms:
+            await asyncio.sleep(self.deployment.simulated_latency_ms / 1000)
         return Completion(self._answer(turns), "stop")
 
     async def stream(self, turns: Sequence[Turn], generation: Generation) -> AsyncIterator[str | Completion]:

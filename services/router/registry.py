@@ -28,6 +28,8 @@ class ModelDeployment(BaseModel):
     supports_streaming: bool = True
     supports_tools: bool = False
     supports_json: bool = False
+    # instant provider only: answer after this long, to stand in for a model of known speed in benchmarks
+    simulated_latency_ms: int = Field(0, ge=0, le=60_000)
 
     @model_validator(mode="after")
     def _provider_needs(self) -> ModelDeployment:
