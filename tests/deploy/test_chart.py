@@ -129,3 +129,24 @@ def test_the_prometheus_rule_covers_quota_alerts() -> None:
     (rule,) = [m for m in _render(PRODUCTION) if m["kind"] == "PrometheusRule"]
     names = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert {"MoteurQuotaThresholdReached", "MoteurLimiterRedisUnavailable"} <= names
+
+
+def test_dashboards_ship_as_configmaps_and_query_metrics_moteur_exports() -> None:
+    import json
+    import re
+
+    from prometheus_client import REGISTRY
+
+    import moteur.gateway.metrics
+    import moteur.router.metrics  # noqa: F401
+
+    exported = {metric.name for metric in REGISTRY.collect()}
+    configs = [m for m in _render({}) if m["kind"] == "ConfigMap" and m["metadata"]["labels"].get("grafana_dashboard")]
+    assert configs
+    for config in configs:
+        for text in config["data"].values():
+            dashboard = json.loads(text)
+            for panel in dashboard["panels"]:
+                for target in panel["targets"]:
+                    names = set(re.findall(r"\b(moteur_[a-z_]+?)(?:_bucket|_total|_sum|_count)?\b", target["expr"]))
+                    assert names and names <= exported, (panel["title"], names - exported)
