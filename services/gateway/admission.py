@@ -8,8 +8,9 @@ from __future__ import annotations
 from moteur.gateway.alerts import AlertLog
 from moteur.gateway.limiter import Admission, RateLimiter
 from moteur.gateway.limits import PRIORITY_NAMES, LimitsCatalog
+from moteur.gateway.metrics import ADMISSIONS
 from moteur.gateway.queue import AdmissionQueue
-from moteur.runtime.errors import PermissionDenied
+from moteur.runtime.errors import MoteurError, PermissionDenied
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2
 
@@ -38,11 +39,17 @@ class AdmissionControl:
             )
 
     async def admit(self, identity: Identity, user: str, priority: int, tokens: int) -> Admission:
-        self.check_priority(identity, priority)
-        # A turn the queue would shed is refused before it costs a Redis round trip: under overload the
-        # refusal must be the cheapest answer the gateway gives.
-        self.queue.check_room(identity.tenant, priority - common_pb2.PRIORITY_CRITICAL)
-        return await self._limiter.admit(identity, user, tokens)
+        try:
+            self.check_priority(identity, priority)
+            # A turn the queue would shed is refused before it costs a Redis round trip: under overload the
+            # refusal must be the cheapest answer the gateway gives.
+            self.queue.check_room(identity.tenant, priority - common_pb2.PRIORITY_CRITICAL)
+            admission = await self._limiter.admit(identity, user, tokens)
+        except MoteurError as exc:
+            ADMISSIONS.labels(identity.tenant, exc.code.name.lower()).inc()
+            raise
+        ADMISSIONS.labels(identity.tenant, "admitted").inc()
+        return admission
 
     async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> None:
         uses = await self._limiter.settle(admission, tokens, cost_micro_usd)

@@ -34,3 +34,7 @@ QUEUE_SHED = Counter(
     "moteur_queue_shed_total", "Turns refused or evicted by the queue, by level and reason.", ["level", "reason"]
 )
 QUEUE_EXPIRED = Counter("moteur_queue_expired_total", "Turns whose deadline passed while queued.", ["level"])
+
+ADMISSIONS = Counter(
+    "moteur_admissions_total", "Chat turns admitted or rejected at the front door, per tenant.", ["tenant", "decision"]
+)

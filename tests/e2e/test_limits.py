@@ -213,3 +213,41 @@ async def test_usage_is_reported_per_model_and_a_user_key_sees_only_its_own(make
     with pytest.raises(MoteurClientError) as error:
         await service.client.get_usage(group_by="colour")
     assert error.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_quota_alerts_are_posted_to_the_configured_webhook(stack, make_caller) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict[str, object]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    process, address = stack.extra_gateway(
+        "gateway-webhook", MOTEUR_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/alerts"
+    )
+    process.start()
+    try:
+        user = await _limited_user(make_caller, tokens_per_day=20)
+        async with AsyncMoteurClient(address, user.key) as client:
+            for _ in range(2):
+                await client.chat("hi", model_hint="instant", max_output_tokens=8)
+        for _ in range(50):
+            if len(received) == 2:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        process.stop()
+        server.shutdown()
+    assert sorted(r["threshold_percent"] for r in received) == [80, 100]
+    assert {(r["tenant"], r["scope"], r["limit"]) for r in received} == {(user.tenant, "user:u1", "tokens_per_day")}
