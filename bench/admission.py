@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from bench.keys import bench_key
 from bench.stats import Figures
 from moteur.devstack.stack import REPO_CONFIG, LocalStack, StackOptions
 from moteur.gateway.admission import AdmissionControl
@@ -42,10 +43,10 @@ async def _measure(stack: LocalStack) -> tuple[Figures, Figures]:
     settings = MongoSettings(mongo_uri=stack.mongo_uri)
     mongo = connect_mongo(settings)
     db = database(mongo, settings)
-    limits_store = aioredis.Redis.from_url(stack.redis_url)
+    limits_store = aioredis.Redis.from_url(stack.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
     try:
         keys = ApiKeyStore(db)
-        key, _ = await keys.create("bench", "bench-user", "service")
+        key = await bench_key(stack, "bench", "bench-user")
         catalog = LimitsCatalog(load_tiers(REPO_CONFIG / "tiers.yaml"), db)
         admission = AdmissionControl(
             catalog, RateLimiter(limits_store, catalog), AlertLog(db), AdmissionQueue(64, 1000, 100, 4)

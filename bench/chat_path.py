@@ -20,10 +20,10 @@ from pathlib import Path
 import grpc
 
 from bench.echo_server import METHOD
+from bench.keys import bench_key
 from bench.stats import Figures
 from moteur.devstack.processes import free_port
 from moteur.devstack.stack import LocalStack, StackOptions
-from moteur.gateway.auth import ApiKeyStore
 from moteur.gateway.sessions import Scope, Session, SessionStore, new_message
 from moteur.gateway.usage import TokenUsage, UsageLedger
 from moteur.runtime.identity import Identity
@@ -129,16 +129,6 @@ async def _router_figures(address: str) -> Figures:
         return Figures.of("router", 1, *await _drive(call, 1, SECONDS_PER_POINT))
 
 
-async def _api_key(stack: LocalStack) -> str:
-    settings = MongoSettings(mongo_uri=stack.mongo_uri)
-    mongo = connect_mongo(settings)
-    try:
-        key, _ = await ApiKeyStore(database(mongo, settings)).create("bench", "bench-user")
-        return key
-    finally:
-        await mongo.close()
-
-
 def report(echo: list[Figures], gateway: list[Figures]) -> str:
     lines = [
         f"{'concurrency':>11} | {'echo p50':>9} {'echo p99':>9} {'echo rps':>9} | "
@@ -162,7 +152,7 @@ def main() -> None:
         try:
             assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
             with LocalStack(options) as stack:
-                key = asyncio.run(_api_key(stack))
+                key = asyncio.run(bench_key(stack, "bench", "bench-user"))
                 echo_figures = asyncio.run(_echo_figures(echo_port))
                 gateway_figures = asyncio.run(_gateway_figures(stack.address("gateway"), key))
                 store = asyncio.run(_store_figures(stack))

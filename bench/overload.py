@@ -20,11 +20,8 @@ from pathlib import Path
 
 import grpc
 
+from bench.keys import bench_key
 from moteur.devstack.stack import LocalStack, StackOptions
-from moteur.gateway.auth import ApiKeyStore
-from moteur.gateway.limits import LimitsCatalog, LimitSet, Scope, TiersConfig
-from moteur.runtime.mongo import connect_mongo, database
-from moteur.runtime.settings import MongoSettings
 from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 PHASE_SECONDS = 6.0
@@ -47,22 +44,6 @@ class Outcome:
     seconds: float
 
 
-async def _keys(stack: LocalStack, tenants: list[str]) -> dict[str, str]:
-    """A service key per tenant, with its limits lifted: this measures the queue, not the rate limits."""
-    settings = MongoSettings(mongo_uri=stack.mongo_uri)
-    mongo = connect_mongo(settings)
-    db = database(mongo, settings)
-    catalog = LimitsCatalog(TiersConfig.model_validate({"tiers": {"service": {"priorities": ["normal"]}}}), db)
-    keys = {}
-    for tenant in tenants:
-        key, record = await ApiKeyStore(db).create(tenant, "", "service")
-        for scope in (Scope(tenant, "key", record.key_id), Scope(tenant, "user", "u"), Scope(tenant, "tenant", tenant)):
-            await catalog.override(scope, LimitSet())
-        keys[tenant] = key
-    await mongo.close()
-    return keys
-
-
 async def _offer(address: str, keys: dict[str, str], flows: list[Flow], seconds: float) -> list[Outcome]:
     outcomes: list[Outcome] = []
     async with grpc.aio.insecure_channel(address) as channel:
@@ -72,7 +53,7 @@ async def _offer(address: str, keys: dict[str, str], flows: list[Flow], seconds:
             started = time.perf_counter()
             try:
                 await gateway.Chat(
-                    gateway_pb2.ChatRequest(user_id="u", message="hello", model_hint="paced", priority=flow.priority),
+                    gateway_pb2.ChatRequest(message="hello", model_hint="paced", priority=flow.priority),
                     metadata=[("authorization", f"Bearer {keys[flow.tenant]}")], timeout=30,
                 )
                 code = grpc.StatusCode.OK
@@ -110,7 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="moteur-bench-") as data_dir:
         options.data_dir = Path(data_dir)
         with LocalStack(options) as stack:
-            keys = asyncio.run(_keys(stack, ["quiet", "ops", "noisy"]))
+            keys = {t: asyncio.run(bench_key(stack, t, "u")) for t in ("quiet", "ops", "noisy")}
             unloaded = asyncio.run(_offer(stack.address("gateway"), keys, [quiet, ops], PHASE_SECONDS))
             loaded = asyncio.run(_offer(stack.address("gateway"), keys, [quiet, ops, noisy], PHASE_SECONDS))
 

@@ -1,0 +1,29 @@
+"""API keys for benchmarks, with limits high enough to measure the mesh, not the limits."""
+
+from __future__ import annotations
+
+from moteur.devstack.stack import REPO_CONFIG, LocalStack
+from moteur.gateway.auth import ApiKeyStore
+from moteur.gateway.limits import LimitsCatalog, LimitSet, Scope, load_tiers
+from moteur.runtime.mongo import connect_mongo, database
+from moteur.runtime.settings import MongoSettings
+
+# Not 0 (unlimited): the limiter still does all of its work, it just never says no.
+GENEROUS = LimitSet(requests_per_minute=10_000_000, tokens_per_minute=10_000_000_000, concurrent_requests=100_000,
+                    tokens_per_day=10**13, tokens_per_month=10**14, cost_micro_usd_per_month=10**15)
+
+
+async def bench_key(stack: LocalStack, tenant: str, user: str, limits: LimitSet = GENEROUS) -> str:
+    """A service-tier key of ``user`` (all priorities), its key, user and tenant limits set to ``limits``."""
+    settings = MongoSettings(mongo_uri=stack.mongo_uri)
+    mongo = connect_mongo(settings)
+    try:
+        db = database(mongo, settings)
+        key, record = await ApiKeyStore(db).create(tenant, user, "service")
+        catalog = LimitsCatalog(load_tiers(REPO_CONFIG / "tiers.yaml"), db)
+        scopes = (Scope(tenant, "key", record.key_id), Scope(tenant, "user", user), Scope(tenant, "tenant", tenant))
+        for scope in scopes:
+            await catalog.override(scope, limits)
+        return key
+    finally:
+        await mongo.close()
