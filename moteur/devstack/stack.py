@@ -4,10 +4,12 @@ services, each a real process on a loopback port. ``make run`` and the end-to-en
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +184,15 @@ class LocalStack:
     def stop(self) -> None:
         for process in reversed(self.processes.values()):
             process.stop()
+
+    @contextlib.contextmanager
+    def stopped(self, name: str) -> Iterator[None]:
+        """One part down for the duration of the block (fault tests), started again on the way out."""
+        self.processes[name].stop()
+        try:
+            yield
+        finally:
+            self.processes[name].start()
 
     def restart(self, name: str) -> None:
         self.processes[name].stop()

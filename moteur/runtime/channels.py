@@ -1,9 +1,10 @@
 """Channels to the other services of the mesh, and the metadata every outgoing call carries.
 
-Retries: gRPC already retries transparently when a call never left this process (e.g. the peer is
-restarting). On top of that the channel's service config retries UNAVAILABLE for the idempotent read
-methods listed below; model calls are not retried here because the router does its own retries and
-fallbacks, and a second attempt would double a slow, paid call.
+Retries: the channel's service config retries UNAVAILABLE for the idempotent read methods listed
+below. Model calls are not retried on a status because the router does its own retries and fallbacks,
+and a second attempt would double a slow, paid call — but a call that could not even connect (the peer
+is restarting) never reached it, so :func:`reconnecting` retries those briefly. Reconnection backoff is
+kept short so a restarted peer is used again within a second.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 
 import grpc
+import tenacity
 
 from moteur.runtime.context import request_id_var
 from moteur.runtime.identity import REQUEST_ID_HEADER, Identity
@@ -53,8 +55,31 @@ def open_channel(address: str, max_message_bytes: int = 8 * 1024 * 1024) -> grpc
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ],
     )
+
+
+def _never_connected(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, grpc.aio.AioRpcError)
+        and exc.code() is grpc.StatusCode.UNAVAILABLE
+        and "connect" in (exc.details() or "").lower()
+    )
+
+
+def reconnecting(budget_seconds: float = 2.0) -> tenacity.AsyncRetrying:
+    """Retry a call for up to ``budget_seconds`` while its peer cannot be connected to (safe: it never ran)."""
+    return tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(_never_connected),
+        wait=tenacity.wait_exponential(multiplier=0.05, max=0.5),
+        stop=tenacity.stop_after_delay(budget_seconds),
+        reraise=True,
+    )
+
+
 
 
 def mesh_metadata(identity: Identity) -> list[tuple[str, str]]:

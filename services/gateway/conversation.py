@@ -21,7 +21,7 @@ from moteur.gateway.idempotency import IdempotencyStore, fingerprint
 from moteur.gateway.metrics import CHAT_TOKENS, CHAT_TURNS
 from moteur.gateway.sessions import Scope, Session, SessionStore, StoredMessage, new_message
 from moteur.gateway.usage import TokenUsage, UsageLedger
-from moteur.runtime.channels import mesh_metadata
+from moteur.runtime.channels import mesh_metadata, reconnecting
 from moteur.runtime.context import outgoing_timeout
 from moteur.runtime.errors import MoteurError, Unavailable, from_rpc_error
 from moteur.runtime.identity import Identity
@@ -198,14 +198,23 @@ class Conversation:
 
     async def _complete(self, identity: Identity, request: router_pb2.CompleteRequest) -> router_pb2.CompleteResponse:
         try:
-            return await self._router.Complete(request, **self._call_options(identity))
+            async for attempt in reconnecting():
+                with attempt:
+                    return await self._router.Complete(request, **self._call_options(identity))
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, "router") from exc
+        raise AssertionError("unreachable: reconnecting() re-raises its last error")
 
     async def _stream(
         self, identity: Identity, request: router_pb2.CompleteRequest
     ) -> AsyncIterator[str | router_pb2.CompleteResponse]:
-        call = self._router.StreamComplete(request, **self._call_options(identity))
+        try:
+            async for attempt in reconnecting():
+                with attempt:
+                    call = self._router.StreamComplete(request, **self._call_options(identity))
+                    await call.wait_for_connection()
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "router") from exc
         try:
             async for event in call:
                 if event.HasField("delta"):

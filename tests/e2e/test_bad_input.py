@@ -92,15 +92,13 @@ async def test_a_user_key_cannot_act_for_another_user(alice) -> None:
     assert error.code is grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_model_server_down_is_unavailable_and_the_question_is_kept(stack, alice) -> None:
+@pytest.mark.parametrize(("part", "named"), [("model", "model server for 'smollm2'"), ("router", "router service")])
+async def test_a_part_down_is_unavailable_and_the_question_is_kept(stack, alice, part: str, named: str) -> None:
     reply = await alice.client.chat("First turn.", model_hint="instant")
-    stack.processes["model"].stop()
-    try:
+    with stack.stopped(part):
         error = await _error(alice.client.chat("Are you there?", session_id=reply.session_id))
-    finally:
-        stack.processes["model"].start()
     assert error.code is grpc.StatusCode.UNAVAILABLE
-    assert "smollm2" in error.message and "unreachable" in error.message
+    assert named in error.message and "unreachable" in error.message
     stored = await alice.client.get_session(reply.session_id)
     assert [m.content for m in stored.messages][-1] == "Are you there?"
 
@@ -123,25 +121,9 @@ async def test_asking_for_a_file_is_unimplemented_and_names_the_issue(alice) -> 
     assert "issue #8" in error.message
 
 
-async def test_router_down_is_unavailable_and_the_question_is_kept(stack, alice) -> None:
-    reply = await alice.client.chat("Before the router stops.", model_hint="instant")
-    stack.processes["router"].stop()
-    try:
-        error = await _error(alice.client.chat("Is the router there?", session_id=reply.session_id))
-    finally:
-        stack.processes["router"].start()
-    assert error.code is grpc.StatusCode.UNAVAILABLE
-    assert "router" in error.message
-    stored = await alice.client.get_session(reply.session_id)
-    assert [m.content for m in stored.messages][-1] == "Is the router there?"
-
-
 async def test_the_session_store_down_is_unavailable_with_a_clear_message(stack, alice) -> None:
-    stack.processes["mongo"].stop()
-    try:
+    with stack.stopped("mongo"):
         error = await _error(alice.client.list_sessions())
-    finally:
-        stack.processes["mongo"].start()
     assert error.code is grpc.StatusCode.UNAVAILABLE
     assert "MongoDB" in error.message
     assert (await alice.client.list_sessions()).sessions is not None  # and it recovers on its own

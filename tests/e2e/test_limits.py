@@ -124,12 +124,8 @@ async def test_a_concurrency_slot_is_released_when_the_caller_hangs_up(make_call
 
 async def test_a_failed_call_releases_its_slot(stack, make_caller) -> None:
     user = await _limited_user(make_caller, concurrent_requests=1)
-    stack.processes["model"].stop()
-    try:
-        with pytest.raises(MoteurClientError) as error:
-            await user.client.chat("the model is down")
-    finally:
-        stack.processes["model"].start()
+    with stack.stopped("model"), pytest.raises(MoteurClientError) as error:
+        await user.client.chat("the model is down")
     assert error.value.code is grpc.StatusCode.UNAVAILABLE
     await user.client.chat("the slot is free again", model_hint="instant")
 
@@ -151,13 +147,10 @@ async def test_quota_thresholds_fire_one_alert_each_then_the_quota_refuses(make_
 async def test_redis_down_fails_open_or_closed_by_tier(stack, make_caller) -> None:
     standard = await _limited_user(make_caller, tier="standard")
     free = await _limited_user(make_caller, tier="free")
-    stack.processes["redis"].stop()
-    try:
+    with stack.stopped("redis"):
         await standard.client.chat("fail open", model_hint="instant")
         with pytest.raises(MoteurClientError) as error:
             await free.client.chat("fail closed", model_hint="instant")
-    finally:
-        stack.processes["redis"].start()
     assert error.value.code is grpc.StatusCode.UNAVAILABLE
     assert "fails closed" in error.value.message
     await free.client.chat("redis is back", model_hint="instant")
