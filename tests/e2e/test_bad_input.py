@@ -144,3 +144,12 @@ async def test_a_caller_that_goes_away_mid_stream_still_has_its_question_persist
             break
         await asyncio.sleep(0.1)
     assert [m.content for m in stored.messages][-1] == "Tell me a long story about the sea."
+
+
+async def test_a_restarted_router_is_used_again_at_once(stack, alice) -> None:
+    with stack.stopped("router"):
+        error = await _error(alice.client.chat("while it is down", model_hint="instant"))
+        assert error.code is grpc.StatusCode.UNAVAILABLE
+    # The gateway's channel is backing off from the failed connection; the next turn must not fail for it.
+    reply = await alice.client.chat("right after it is back", model_hint="instant")
+    assert reply.message.content
