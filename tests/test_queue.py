@@ -148,3 +148,22 @@ async def test_check_room_refuses_up_front_what_acquire_would_shed() -> None:
         queue.check_room("b", NORMAL)
     queue.check_room("b", CRITICAL)  # it would evict the waiting normal turn
     waiting.cancel()
+
+
+async def test_a_tenant_of_weight_two_gets_two_turns_per_round() -> None:
+    queue = AdmissionQueue(capacity=1, max_queued=100, max_queued_per_tenant=100)
+    await queue.acquire("x", NORMAL)
+    order: list[str] = []
+    tasks = []
+    for _ in range(4):
+        for tenant, weight in (("heavy", 2), ("light", 1)):
+            async def wait(tenant: str = tenant, weight: int = weight) -> None:
+                await queue.acquire(tenant, NORMAL, weight=weight)
+                order.append(tenant)
+            tasks.append(asyncio.create_task(wait()))
+            await asyncio.sleep(0)
+    for _ in tasks:
+        queue.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order[:6] == ["heavy", "heavy", "light", "heavy", "heavy", "light"]

@@ -39,6 +39,7 @@ class Tier(BaseModel):
 
     priorities: list[Literal["critical", "high", "normal", "low", "batch"]]
     on_redis_down: Literal["fail_open", "fail_closed"] = "fail_closed"
+    weight: int = Field(1, ge=1, le=100)  # turns per round for this tier's tenants in the fair queue
     key: LimitSet = LimitSet()
     user: LimitSet = LimitSet()
     tenant: LimitSet = LimitSet()

@@ -4,7 +4,8 @@ Invariants, kept by every method (all run on the event loop, so no locks):
 - at most ``capacity`` turns are dispatched (in flight to the models) at once, and only critical turns
   may use the last ``critical_reserve`` of those slots;
 - a turn is dispatched before any turn of a lower priority level; within a level tenants take turns
-  (one FIFO per tenant, served round-robin), so a noisy tenant cannot starve a quiet one;
+  (one FIFO per tenant, served weighted round-robin: a tenant of weight w gets w turns per round), so a
+  noisy tenant cannot starve a quiet one;
 - at most ``max_queued`` turns wait in all, ``max_queued_per_tenant`` per tenant; when full, an arriving
   turn evicts the newest waiting turn of the lowest level below its own, or is refused;
 - a waiting turn whose deadline passes, or whose caller goes away, leaves the queue at once;
@@ -29,6 +30,7 @@ class _Waiter:
     tenant: str
     level: int
     enqueued: float
+    weight: int = 1
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -57,13 +59,14 @@ class AdmissionQueue:
         self._per_tenant: dict[str, int] = {}
         self._queued = 0
         self._draining = False
+        self._served_this_round: dict[tuple[int, str], int] = {}
         self._service_seconds = 1.0  # moving average of how long a slot is held: for RetryInfo
 
     @property
     def queued(self) -> int:
         return self._queued
 
-    async def acquire(self, tenant: str, level: int, timeout: float | None = None) -> Slot:
+    async def acquire(self, tenant: str, level: int, timeout: float | None = None, weight: int = 1) -> Slot:
         """Wait for a slot (or take one at once); raises when shed, expired or draining."""
         if self._draining:
             raise Unavailable("this gateway is shutting down; retry on another replica")
@@ -72,7 +75,7 @@ class AdmissionQueue:
             self.in_flight += 1
             QUEUE_WAIT.labels(LEVELS[level]).observe(0)
             return Slot(level, 0.0)
-        waiter = self._enqueue(tenant, level, started)
+        waiter = self._enqueue(tenant, level, started, weight)
         wait = self.max_wait_seconds if timeout is None else min(timeout, self.max_wait_seconds)
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), max(wait, 0))
@@ -138,14 +141,14 @@ class AdmissionQueue:
     def _waiting_at_or_above(self, level: int) -> bool:
         return any(self._levels[i] for i in range(level + 1))
 
-    def _enqueue(self, tenant: str, level: int, now: float) -> _Waiter:
+    def _enqueue(self, tenant: str, level: int, now: float, weight: int) -> _Waiter:
         if self._per_tenant.get(tenant, 0) >= self.max_queued_per_tenant:
             QUEUE_SHED.labels(LEVELS[level], "tenant_full").inc()
             raise self._refusal(level, f"tenant {tenant!r} already has {self.max_queued_per_tenant} turns waiting")
         if self._queued >= self.max_queued and not self._evict_below(level):
             QUEUE_SHED.labels(LEVELS[level], "full").inc()
             raise self._refusal(level, f"the queue is full ({self.max_queued} turns waiting)")
-        waiter = _Waiter(tenant, level, now)
+        waiter = _Waiter(tenant, level, now, max(1, weight))
         self._levels[level].setdefault(tenant, deque()).append(waiter)
         self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
         self._queued += 1
@@ -183,11 +186,16 @@ class AdmissionQueue:
     def _dispatch(self) -> None:
         for level, tenants in enumerate(self._levels):
             while tenants and self._may_dispatch(level):
-                tenant, queue = next(iter(tenants.items()))  # round-robin: the tenant served longest ago
+                tenant, queue = next(iter(tenants.items()))  # the tenant whose turn it is
                 waiter = queue[0]
                 self._remove(waiter)
-                if tenant in tenants:
-                    tenants.move_to_end(tenant)
+                served = self._served_this_round.get((level, tenant), 0) + 1
+                if tenant not in tenants or served >= waiter.weight:
+                    self._served_this_round.pop((level, tenant), None)
+                    if tenant in tenants:
+                        tenants.move_to_end(tenant)  # its share of this round is used: next tenant
+                else:
+                    self._served_this_round[(level, tenant)] = served
                 self.in_flight += 1
                 waiter.future.set_result(None)
             if tenants:

@@ -79,7 +79,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
         queue = self._admission.queue
         try:
-            slot = await queue.acquire(identity.tenant, turn.priority - common_pb2.PRIORITY_CRITICAL, time_remaining())
+            slot = await queue.acquire(
+                identity.tenant, turn.priority - common_pb2.PRIORITY_CRITICAL, time_remaining(),
+                weight=self._admission.catalog.tier(identity.tier).weight,
+            )
             context.set_trailing_metadata([*budget, ("x-moteur-queue-wait-ms", f"{slot.wait_seconds * 1000:.1f}")])
             dispatched = time.monotonic()
             try:
