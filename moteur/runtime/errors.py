@@ -105,6 +105,7 @@ class ResourceExhausted(MoteurError):
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
         self.violations = list(violations)
+        self.quota_use: object | None = None  # set by the limiter when a quota (not a rate) refused
 
     def details(self) -> Sequence[any_pb2.Any]:
         packed: list[any_pb2.Any] = []

@@ -6,11 +6,11 @@ reserved when the turn ends.
 from __future__ import annotations
 
 from moteur.gateway.alerts import AlertLog
-from moteur.gateway.limiter import Admission, RateLimiter
+from moteur.gateway.limiter import Admission, QuotaUse, RateLimiter
 from moteur.gateway.limits import PRIORITY_NAMES, LimitsCatalog
 from moteur.gateway.metrics import ADMISSIONS
 from moteur.gateway.queue import AdmissionQueue
-from moteur.runtime.errors import MoteurError, PermissionDenied
+from moteur.runtime.errors import MoteurError, PermissionDenied, ResourceExhausted
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2
 
@@ -47,6 +47,8 @@ class AdmissionControl:
             admission = await self._limiter.admit(identity, user, tokens)
         except MoteurError as exc:
             ADMISSIONS.labels(identity.tenant, exc.code.name.lower()).inc()
+            if isinstance(exc, ResourceExhausted) and isinstance(exc.quota_use, QuotaUse):
+                await self.alerts.record([exc.quota_use], thresholds=(100,))
             raise
         ADMISSIONS.labels(identity.tenant, "admitted").inc()
         return admission

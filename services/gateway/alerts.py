@@ -50,11 +50,11 @@ class AlertLog:
         await self._alerts.create_index([("tenant", 1), ("created_at", DESCENDING)])
         await self._alerts.create_index("dedup", unique=True)
 
-    async def record(self, uses: list[QuotaUse]) -> list[AlertEvent]:
+    async def record(self, uses: list[QuotaUse], thresholds: tuple[int, ...] = THRESHOLDS) -> list[AlertEvent]:
         """Record the thresholds these usages have reached; returns the events that are new."""
         events = []
         for use in uses:
-            for threshold in THRESHOLDS:
+            for threshold in thresholds:
                 if use.used * 100 < threshold * use.limit_value:
                     continue
                 event = AlertEvent(new_id(), use.scope.tenant, use.scope.name, use.limit, threshold, use.used,

@@ -113,8 +113,14 @@ class RateLimiter:
             )
             return admission
         _, index, limit_name, retry_ms, limit_value = reply
-        LIMITER_DECISIONS.labels(f"refused:{_text(limit_name)}").inc()
-        raise _refusal(scopes[int(index)], _text(limit_name), int(retry_ms), int(limit_value), tokens)
+        name, scope = _text(limit_name), scopes[int(index)]
+        LIMITER_DECISIONS.labels(f"refused:{name}").inc()
+        refusal = _refusal(scope, name, int(retry_ms), int(limit_value), tokens)
+        if name in QUOTA_NAMES:  # a quota that refuses work is at 100 % for alerting, crossed or not
+            _, _, day, month = _period_ttls(datetime.now(UTC))
+            refusal.quota_use = QuotaUse(scope, name, int(limit_value), int(limit_value),
+                                         day if name == "tokens_per_day" else month)
+        raise refusal
 
     async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> list[QuotaUse]:
         """Charge the real usage instead of the reservation and free the concurrency slot."""

@@ -244,3 +244,11 @@ async def test_quota_alerts_are_posted_to_the_configured_webhook(stack, make_cal
         server.shutdown()
     assert sorted(r["threshold_percent"] for r in received) == [80, 100]
     assert {(r["tenant"], r["scope"], r["limit"]) for r in received} == {(user.tenant, "user:u1", "tokens_per_day")}
+
+
+async def test_a_quota_that_refuses_before_it_is_crossed_still_raises_its_100_percent_alert(make_caller) -> None:
+    user = await _limited_user(make_caller, tokens_per_day=30)
+    await user.client.chat("hi", model_hint="instant", max_output_tokens=8)  # well under 80 %
+    error = await _refusal(user.client.chat("hi", model_hint="instant", max_output_tokens=25))  # would exceed
+    assert "tokens_per_day" in error.message
+    assert [a.threshold_percent for a in (await user.client.list_alerts()).alerts] == [100]
