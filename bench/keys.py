@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from moteur.devstack.stack import REPO_CONFIG, LocalStack
 from moteur.gateway.auth import ApiKeyStore
-from moteur.gateway.limits import LimitsCatalog, LimitSet, Scope, load_tiers
+from moteur.gateway.limits import LimitsCatalog, LimitScope, LimitSet, load_tiers
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.settings import MongoSettings
 
@@ -21,8 +21,8 @@ async def bench_key(stack: LocalStack, tenant: str, user: str, limits: LimitSet 
         db = database(mongo, settings)
         key, record = await ApiKeyStore(db).create(tenant, user, "service")
         catalog = LimitsCatalog(load_tiers(REPO_CONFIG / "tiers.yaml"), db)
-        scopes = (Scope(tenant, "key", record.key_id), Scope(tenant, "user", user), Scope(tenant, "tenant", tenant))
-        for scope in scopes:
+        for kind, scope_id in (("key", record.key_id), ("user", user), ("tenant", tenant)):
+            scope = LimitScope(tenant, kind, scope_id)  # type: ignore[arg-type]
             await catalog.override(scope, limits)
         return key
     finally:

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
-from moteur.gateway.limits import LimitsCatalog, LimitSet, Scope, scopes_of
+from moteur.gateway.limits import LimitsCatalog, LimitScope, LimitSet, scopes_of
 from moteur.gateway.metrics import LIMITER_DECISIONS, LIMITER_FALLBACKS
 from moteur.runtime.errors import QuotaViolation, ResourceExhausted, Unavailable
 from moteur.runtime.identity import Identity
@@ -61,7 +61,7 @@ class Budget:
 
 @dataclass(slots=True)
 class Admission:
-    scopes: list[Scope]
+    scopes: list[LimitScope]
     limits: list[LimitSet]
     reserved_tokens: int
     lease_id: str = field(default_factory=new_id)
@@ -72,7 +72,7 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class QuotaUse:
-    scope: Scope
+    scope: LimitScope
     limit: str  # one of QUOTA_NAMES
     used: int
     limit_value: int
@@ -182,7 +182,7 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _refusal(scope: Scope, limit: str, retry_ms: int, limit_value: int, tokens: int) -> ResourceExhausted:
+def _refusal(scope: LimitScope, limit: str, retry_ms: int, limit_value: int, tokens: int) -> ResourceExhausted:
     violation = QuotaViolation(scope.subject, f"{limit} limit of {limit_value} reached")
     if retry_ms < 0:  # this one call is larger than the whole per-minute budget: waiting will not help
         return ResourceExhausted(

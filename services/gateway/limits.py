@@ -54,7 +54,7 @@ def load_tiers(path: Path) -> TiersConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Scope:
+class LimitScope:
     """One dimension a call is counted in: ``tenant``, ``user:<id>`` or ``key:<id>`` of a tenant."""
 
     tenant: str
@@ -71,11 +71,11 @@ class Scope:
         return f"tenant:{self.tenant}" if self.kind == "tenant" else f"tenant:{self.tenant}/{self.name}"
 
 
-def scopes_of(identity: Identity, user: str) -> list[Scope]:
-    scopes = [Scope(identity.tenant, "key", identity.key_id)]
+def scopes_of(identity: Identity, user: str) -> list[LimitScope]:
+    scopes = [LimitScope(identity.tenant, "key", identity.key_id)]
     if user:
-        scopes.append(Scope(identity.tenant, "user", user))
-    scopes.append(Scope(identity.tenant, "tenant", identity.tenant))
+        scopes.append(LimitScope(identity.tenant, "user", user))
+    scopes.append(LimitScope(identity.tenant, "tenant", identity.tenant))
     return scopes
 
 
@@ -94,20 +94,20 @@ class LimitsCatalog:
             self.tiers.tiers.values(), key=lambda t: t.tenant.requests_per_minute or 10**12
         )
 
-    async def limits(self, scope: Scope, tier: str) -> LimitSet:
+    async def limits(self, scope: LimitScope, tier: str) -> LimitSet:
         override = await self._override(scope)
         if override is not None:
             return override
         return getattr(self.tier(tier), scope.kind)
 
-    async def override(self, scope: Scope, limits: LimitSet) -> None:
+    async def override(self, scope: LimitScope, limits: LimitSet) -> None:
         await self._overrides.replace_one(
             {"_id": f"{scope.tenant}\x1f{scope.name}"},
             {"tenant": scope.tenant, "scope": scope.name, **limits.model_dump()}, upsert=True,
         )
         self._cache.pop((scope.tenant, scope.name), None)
 
-    async def _override(self, scope: Scope) -> LimitSet | None:
+    async def _override(self, scope: LimitScope) -> LimitSet | None:
         cache_key = (scope.tenant, scope.name)
         now = time.monotonic()
         cached = self._cache.get(cache_key)

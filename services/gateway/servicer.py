@@ -16,8 +16,7 @@ from moteur.gateway import validation as check
 from moteur.gateway.admission import AdmissionControl, estimate_tokens
 from moteur.gateway.auth import ApiKeyStore, Authenticator
 from moteur.gateway.conversation import Conversation, TextDelta, TurnInput, TurnResult, TurnStarted
-from moteur.gateway.limits import LimitSet
-from moteur.gateway.limits import Scope as LimitScope
+from moteur.gateway.limits import LimitScope, LimitSet
 from moteur.gateway.sessions import Session, SessionStore, StoredMessage, parse_session_id
 from moteur.gateway.usage import GROUPS, TokenUsage, UsageLedger, usage_report
 from moteur.runtime.context import time_remaining
