@@ -5,6 +5,12 @@ reserved when the turn ends.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
 from moteur.gateway.alerts import AlertLog
 from moteur.gateway.limiter import Admission, QuotaUse, RateLimiter
 from moteur.gateway.limits import PRIORITY_NAMES, LimitsCatalog
@@ -13,6 +19,22 @@ from moteur.gateway.queue import AdmissionQueue
 from moteur.runtime.errors import MoteurError, PermissionDenied, ResourceExhausted
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class AdmittedTurn:
+    control: AdmissionControl
+    admission: Admission
+    queue_wait_seconds: float
+
+    def metadata(self) -> list[tuple[str, str]]:
+        """The remaining budget and the queue wait, for the answer's trailing metadata."""
+        wait = ("x-moteur-queue-wait-ms", f"{self.queue_wait_seconds * 1000:.1f}")
+        return [*self.admission.budget.as_metadata(), wait]
+
+    async def settle(self, tokens: int, cost_micro_usd: int) -> None:
+        await self.control.settle(self.admission, tokens, cost_micro_usd)
+
 
 # The answer's length when the caller set none, for the token reservation; settled with the real count.
 DEFAULT_OUTPUT_ESTIMATE = 256
@@ -52,6 +74,27 @@ class AdmissionControl:
             raise
         ADMISSIONS.labels(identity.tenant, "admitted").inc()
         return admission
+
+    @contextlib.asynccontextmanager
+    async def turn(
+        self, identity: Identity, user: str, priority: int, tokens: int, timeout: float | None
+    ) -> AsyncIterator[AdmittedTurn]:
+        """Admit a turn and wait for its slot; the slot is released and, unless the turn settled,
+        its reservation too, however the block ends (answer, error, cancellation)."""
+        admission = await self.admit(identity, user, priority, tokens)
+        try:
+            slot = await self.queue.acquire(
+                identity.tenant, priority - common_pb2.PRIORITY_CRITICAL, timeout,
+                weight=self.catalog.tier(identity.tier).weight,
+            )
+            dispatched = time.monotonic()
+            try:
+                yield AdmittedTurn(self, admission, slot.wait_seconds)
+            finally:
+                self.queue.release(dispatched)
+        finally:
+            if not admission.settled:
+                await asyncio.shield(self.release(admission))
 
     async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> None:
         uses = await self._limiter.settle(admission, tokens, cost_micro_usd)

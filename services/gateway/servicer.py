@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -65,33 +63,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def _admitted(
         self, identity: Identity, turn: TurnInput, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Callable[[TurnResult], Awaitable[None]]]:
-        """Admit the turn; yields how to settle it with its result; releases it if it fails."""
-        admission = await self._admission.admit(
-            identity, turn.user, turn.priority, estimate_tokens(turn.message, turn.max_output_tokens)
-        )
-        budget = admission.budget.as_metadata()
-        context.set_trailing_metadata(budget)
+        """Admission around a turn; yields how to settle it with its result."""
+        estimate = estimate_tokens(turn.message, turn.max_output_tokens)
+        async with self._admission.turn(identity, turn.user, turn.priority, estimate, time_remaining()) as admitted:
+            context.set_trailing_metadata(admitted.metadata())
 
-        async def settle(result: TurnResult) -> None:
-            usage = result.usage if not result.replay else TokenUsage()
-            await self._admission.settle(admission, usage.total_tokens, usage.cost_micro_usd)
+            async def settle(result: TurnResult) -> None:
+                usage = result.usage if not result.replay else TokenUsage()
+                await admitted.settle(usage.total_tokens, usage.cost_micro_usd)
 
-        queue = self._admission.queue
-        try:
-            slot = await queue.acquire(
-                identity.tenant, turn.priority - common_pb2.PRIORITY_CRITICAL, time_remaining(),
-                weight=self._admission.catalog.tier(identity.tier).weight,
-            )
-            context.set_trailing_metadata([*budget, ("x-moteur-queue-wait-ms", f"{slot.wait_seconds * 1000:.1f}")])
-            dispatched = time.monotonic()
-            try:
-                yield settle
-            finally:
-                queue.release(dispatched)
-        finally:
-            if not admission.settled:
-                await asyncio.shield(self._admission.release(admission))
-
+            yield settle
 
     async def SubmitToolResults(
         self, request: gateway_pb2.SubmitToolResultsRequest, context: grpc.aio.ServicerContext
