@@ -252,3 +252,33 @@ async def test_a_quota_that_refuses_before_it_is_crossed_still_raises_its_100_pe
     error = await _refusal(user.client.chat("hi", model_hint="instant", max_output_tokens=25))  # would exceed
     assert "tokens_per_day" in error.message
     assert [a.threshold_percent for a in (await user.client.list_alerts()).alerts] == [100]
+
+
+async def test_redis_stopped_and_started_under_load_every_turn_ends_clearly(stack, make_caller) -> None:
+    callers = {"fail_open": await _limited_user(make_caller, tier="standard"),
+               "fail_closed": await _limited_user(make_caller, tier="free")}
+    outcomes: dict[str, list[str]] = {"fail_open": [], "fail_closed": []}
+    stop = asyncio.Event()
+
+    async def load(policy: str) -> None:
+        while not stop.is_set():
+            try:
+                await callers[policy].client.chat("under load", model_hint="instant", timeout=10)
+                outcomes[policy].append("OK")
+            except MoteurClientError as error:
+                outcomes[policy].append(error.code.name)
+            await asyncio.sleep(0.05)  # the free tier allows 20 requests a minute: keep it under
+
+    tasks = [asyncio.create_task(load("fail_open")), asyncio.create_task(load("fail_closed"))]
+    await asyncio.sleep(0.5)
+    await asyncio.get_running_loop().run_in_executor(None, stack.processes["redis"].stop)
+    await asyncio.sleep(1.0)
+    await asyncio.get_running_loop().run_in_executor(None, stack.processes["redis"].start)
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.gather(*tasks)
+
+    assert set(outcomes["fail_open"]) == {"OK"}  # a local limiter admitted while Redis was away
+    assert "UNAVAILABLE" in outcomes["fail_closed"]
+    assert set(outcomes["fail_closed"]) <= {"OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}
+    assert outcomes["fail_closed"][-1] in ("OK", "RESOURCE_EXHAUSTED")  # back to Redis once it returned
