@@ -22,7 +22,9 @@ ENV MOTEUR_SERVICE=${SERVICE} PYTHONUNBUFFERED=1
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
  && useradd --uid 10001 --no-create-home moteur
-COPY config/models.yaml /etc/moteur/models.yaml
+# Example registry and tiers, so an image runs on its own; the chart mounts its ConfigMaps over them.
+COPY config/models.yaml config/tiers.yaml /etc/moteur/
+ENV MOTEUR_MODELS_FILE=/etc/moteur/models.yaml MOTEUR_TIERS_FILE=/etc/moteur/tiers.yaml
 USER 10001
 EXPOSE 50051 9090
 CMD ["sh", "-c", "exec python -m moteur.${MOTEUR_SERVICE}"]
