@@ -20,7 +20,9 @@ from moteur.runtime.settings import MongoSettings
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     data_dir: Path = tmp_path_factory.mktemp("stack")
-    with LocalStack(StackOptions(data_dir=data_dir)) as running:
+    # "paced" answers after 0.8 s, always: tests that need a turn to be in flight use it, not the real model.
+    paced = {"name": "paced", "provider": "instant", "simulated_latency_ms": 800}
+    with LocalStack(StackOptions(data_dir=data_dir, extra_models=[paced])) as running:
         yield running
 
 

@@ -71,6 +71,8 @@ class InstantProvider:
         return Completion(self._answer(turns), "stop")
 
     async def stream(self, turns: Sequence[Turn], generation: Generation) -> AsyncIterator[str | Completion]:
+        if self.deployment.simulated_latency_ms:
+            await asyncio.sleep(self.deployment.simulated_latency_ms / 1000)
         text = self._answer(turns)
         for word in text.split(" "):
             yield word + " "

@@ -107,7 +107,7 @@ async def test_a_deadline_too_short_for_the_model_is_deadline_exceeded(alice) ->
     reply = await alice.client.chat("Start.", model_hint="instant")
     error = await _error(alice.client.chat(
         "Write a long story about a lighthouse keeper.", session_id=reply.session_id,
-        max_output_tokens=300, timeout=0.25,
+        model_hint="paced", timeout=0.25,
     ))
     assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
     # The gateway saw its deadline pass too, and kept the question.

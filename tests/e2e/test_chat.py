@@ -160,7 +160,7 @@ async def test_trace_and_request_id_follow_a_chat_from_gateway_to_router(stack, 
 
 
 async def test_a_gateway_stopped_with_sigterm_finishes_the_turn_in_flight(stack, alice) -> None:
-    events = alice.client.chat_stream("Tell me about lighthouses in three sentences.", max_output_tokens=120)
+    events = alice.client.chat_stream("Tell me about lighthouses in three sentences.", model_hint="paced")
     first = await anext(events)
     assert first.WhichOneof("event") == "started"
     stopping = asyncio.get_running_loop().run_in_executor(None, stack.processes["gateway"].stop)
@@ -175,7 +175,7 @@ async def test_a_gateway_stopped_with_sigterm_finishes_the_turn_in_flight(stack,
 
 
 async def test_the_same_idempotency_key_in_flight_twice_is_aborted_not_run_twice(alice) -> None:
-    request = {"idempotency_key": "in-flight-1", "max_output_tokens": 120}
+    request = {"idempotency_key": "in-flight-1", "model_hint": "paced"}
     first = asyncio.create_task(alice.client.chat("Describe a lighthouse in three sentences.", **request))
     await asyncio.sleep(0.1)  # the first turn has claimed the key and is waiting for the model
     with pytest.raises(MoteurClientError) as error:

@@ -107,7 +107,7 @@ async def test_token_reservations_are_settled_with_the_real_usage(stack, make_ca
 
 async def test_a_concurrency_slot_is_released_when_the_caller_hangs_up(make_caller) -> None:
     user = await _limited_user(make_caller, concurrent_requests=1)
-    events = user.client.chat_stream("Tell me a long story about the sea.", max_output_tokens=200)
+    events = user.client.chat_stream("Tell me a long story about the sea.", model_hint="paced")
     await anext(events)
     error = await _refusal(user.client.chat("meanwhile", model_hint="instant"))
     assert "concurrent_requests limit of 1" in _detail(error, error_details_pb2.QuotaFailure).violations[0].description
