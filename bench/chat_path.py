@@ -144,7 +144,7 @@ def report(echo: list[Figures], gateway: list[Figures]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main() -> dict[str, list[Figures]]:
     with tempfile.TemporaryDirectory(prefix="moteur-bench-") as data_dir:
         options = StackOptions(data_dir=Path(data_dir), model_server=False, service_env={"MOTEUR_LOG_LEVEL": "WARNING"})
         echo_port = free_port()
@@ -172,6 +172,7 @@ def main() -> None:
         ("the gateway's own work (auth, checks, protobuf), by difference", rest),
     ):
         print(f"  {part:<64} p50 {ms:6.3f} ms ({ms / added:.0%})")
+    return {"bare grpc.aio echo": echo_figures, "gateway Chat (instant model)": gateway_figures}
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from moteur.devstack.stack import REPO_CONFIG, LocalStack
 from moteur.gateway.auth import ApiKeyStore
 from moteur.gateway.limits import LimitsCatalog, LimitScope, LimitSet, load_tiers
+from moteur.gateway.tenants import TenantSettings
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.settings import MongoSettings
 
@@ -13,8 +14,14 @@ GENEROUS = LimitSet(requests_per_minute=10_000_000, tokens_per_minute=10_000_000
                     tokens_per_day=10**13, tokens_per_month=10**14, cost_micro_usd_per_month=10**15)
 
 
-async def bench_key(stack: LocalStack, tenant: str, user: str, limits: LimitSet = GENEROUS) -> str:
-    """A service-tier key of ``user`` (all priorities), its key, user and tenant limits set to ``limits``."""
+async def bench_key(
+    stack: LocalStack, tenant: str, user: str, limits: LimitSet = GENEROUS, memory: bool = False
+) -> str:
+    """A service-tier key of ``user`` (all priorities), its key, user and tenant limits set to ``limits``.
+
+    Without ``memory`` the tenant's messages do not reach memory: the benchmarks of the gateway measure its
+    own path, not the embedding of every message competing for this machine's two cores (the memory
+    benchmark measures that)."""
     settings = MongoSettings(mongo_uri=stack.mongo_uri)
     mongo = connect_mongo(settings)
     try:
@@ -24,6 +31,8 @@ async def bench_key(stack: LocalStack, tenant: str, user: str, limits: LimitSet 
         for kind, scope_id in (("key", record.key_id), ("user", user), ("tenant", tenant)):
             scope = LimitScope(tenant, kind, scope_id)  # type: ignore[arg-type]
             await catalog.override(scope, limits)
+        if not memory:
+            await TenantSettings(db).set(tenant, message_memory=False, memory_recall=False, fact_extraction=False)
         return key
     finally:
         await mongo.close()

@@ -1,18 +1,26 @@
-"""The one mapping from domain errors to gRPC status and google.rpc details."""
+"""The one mapping from domain errors (and store failures) to gRPC status and google.rpc details."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
+import pymongo.errors
+import pytest
 from google.rpc import error_details_pb2, status_pb2
+from pymongo import InsertOne
 
 from moteur.runtime.errors import (
     InvalidArgument,
     NotFound,
     QuotaViolation,
     ResourceExhausted,
-    not_built_yet,
+    Unavailable,
     to_grpc_status,
 )
+from moteur.runtime.interceptors import translate_exception
+from moteur.runtime.mongo import connect_mongo, write_together
+from moteur.runtime.settings import MongoSettings
 
 
 def _decode(status: grpc.Status) -> status_pb2.Status:
@@ -47,7 +55,38 @@ def test_errors_without_details_still_map_their_code() -> None:
     assert _decode(status).details == []
 
 
-def test_not_built_yet_names_the_method_and_the_issue() -> None:
-    error = not_built_yet("Files.Render", "issue #8 (file generation)")
-    assert error.code is grpc.StatusCode.UNIMPLEMENTED
-    assert error.message == "Files.Render is not built yet; it arrives with issue #8 (file generation)."
+async def _cut_on(marker: bytes, upstream: tuple[str, int]) -> asyncio.Server:
+    """A TCP relay to MongoDB that drops the connection when a command containing ``marker`` goes through."""
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(*upstream)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, watch: bool) -> None:
+            while chunk := await source.read(65536):
+                if watch and marker in chunk:
+                    break
+                sink.write(chunk)
+                await sink.drain()
+            writer.close()
+            server_writer.close()
+
+        await asyncio.gather(pipe(reader, server_writer, True), pipe(server_reader, writer, False),
+                             return_exceptions=True)
+
+    return await asyncio.start_server(relay, "127.0.0.1", 0)
+
+
+async def test_a_connection_lost_in_a_multi_collection_write_is_unavailable(stack) -> None:  # type: ignore[no-untyped-def]
+    # PyMongo wraps a network error of client.bulk_write in ClientBulkWriteException: it was INTERNAL once.
+    host, port = stack.mongo_uri.removeprefix("mongodb://").split("/")[0].split(":")
+    relay = await _cut_on(b"bulkWrite", (host, int(port)))
+    relay_port = relay.sockets[0].getsockname()[1]
+    client = connect_mongo(MongoSettings(mongo_uri=f"mongodb://127.0.0.1:{relay_port}/?directConnection=true"))
+    try:
+        with pytest.raises(pymongo.errors.PyMongoError) as lost:
+            await write_together(client, [InsertOne(namespace="moteur.relay_test", document={"x": 1})])
+        error = translate_exception(lost.value)
+        assert isinstance(error, Unavailable) and "MongoDB" in error.message
+    finally:
+        await client.close()
+        relay.close()

@@ -15,7 +15,7 @@ from moteur.router.orchestrator import CompletionRequest, ModelRouter
 from moteur.router.providers import Turn
 from moteur.router.registry import ModelsConfig, load_models
 from moteur.router.windowing import estimate_turn_tokens, window
-from moteur.runtime.errors import InvalidArgument, NotFound
+from moteur.runtime.errors import InvalidArgument
 
 CONFIG = ModelsConfig.model_validate({
     "default_model": "instant",
@@ -27,8 +27,8 @@ CONFIG = ModelsConfig.model_validate({
 
 
 def test_the_example_registry_in_the_repository_is_valid() -> None:
-    config = load_models(Path(__file__).parents[1] / "config" / "models.yaml")
-    assert config.get(config.default_model) is not None
+    config, revision = load_models(Path(__file__).parents[1] / "config" / "models.yaml")
+    assert any(route.catch_all for route in config.all_routes()) and len(revision) == 12
 
 
 def test_a_registry_with_an_unknown_default_is_refused_with_the_names() -> None:
@@ -63,13 +63,13 @@ async def test_completion_is_counted_and_priced() -> None:
     assert result.cost_micro_usd == expected
 
 
-async def test_an_unknown_model_hint_is_not_found() -> None:
-    with pytest.raises(NotFound, match="'gpt-9' is not in the registry; known models: instant"):
+async def test_an_unknown_model_hint_is_refused_with_the_valid_ones() -> None:
+    with pytest.raises(InvalidArgument, match="unknown model 'gpt-9'; valid: instant"):
         await ModelRouter(CONFIG).complete(CompletionRequest([Turn("user", "hi")], model_hint="gpt-9"))
 
 
 async def test_a_question_larger_than_the_context_is_refused() -> None:
-    with pytest.raises(InvalidArgument, match="has room for 150 input tokens"):
+    with pytest.raises(InvalidArgument, match="instant has room for 150 input tokens"):
         await ModelRouter(CONFIG).complete(CompletionRequest([Turn("user", "word " * 400)]))
 
 
@@ -78,3 +78,24 @@ async def test_streaming_yields_deltas_then_one_accounted_result() -> None:
     *deltas, final = items
     assert all(isinstance(d, str) for d in deltas) and deltas
     assert final.completion.text == "".join(deltas).strip()
+
+
+def test_a_deployment_with_a_tokenizer_is_counted_exactly() -> None:
+    from moteur.devstack.models import smollm2_path
+    from moteur.router.windowing import ESTIMATE, TokenCounter
+
+    exact = TokenCounter(f"gguf:{smollm2_path()}")
+    text = "The lighthouse keeper climbed the stairs every night to light the lamp. " * 8
+    assert exact.exact and not ESTIMATE.exact
+    assert 0 < exact.text(text) < ESTIMATE.text(text)  # the estimate errs on the safe side
+    turns = [Turn("user" if i % 2 == 0 else "assistant", text) for i in range(20)]
+    budget = 1000
+    kept_exact, _ = window(turns, budget, exact)
+    kept_estimate, _ = window(turns, budget)
+    assert exact.turns(kept_exact) <= budget and len(kept_exact) > len(kept_estimate)
+
+
+def test_a_tokenizer_file_that_does_not_exist_is_refused_at_load() -> None:
+    with pytest.raises(ValidationError, match=r"tokenizer file '/nowhere/model\.gguf' not found"):
+        ModelsConfig.model_validate({"default_model": "a", "models": [
+            {"name": "a", "provider": "instant", "tokenizer": "gguf:/nowhere/model.gguf"}]})

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from moteur.v1 import common_pb2, gateway_pb2
+from moteur.v1 import common_pb2, files_pb2, gateway_pb2, memory_pb2
 
 REQUEST_TYPES = {"chat": common_pb2.REQUEST_TYPE_CHAT, "summarize": common_pb2.REQUEST_TYPE_SUMMARIZE,
                  "extract": common_pb2.REQUEST_TYPE_EXTRACT, "code": common_pb2.REQUEST_TYPE_CODE}
@@ -15,6 +17,9 @@ FILE_FORMATS = {"pdf": common_pb2.FILE_FORMAT_PDF, "csv": common_pb2.FILE_FORMAT
                 "json": common_pb2.FILE_FORMAT_JSON, "markdown": common_pb2.FILE_FORMAT_MARKDOWN,
                 "html": common_pb2.FILE_FORMAT_HTML, "xlsx": common_pb2.FILE_FORMAT_XLSX,
                 "docx": common_pb2.FILE_FORMAT_DOCX}
+
+MEMORY_KINDS = {"message": memory_pb2.MEMORY_KIND_MESSAGE, "fact": memory_pb2.MEMORY_KIND_FACT,
+                "document_chunk": memory_pb2.MEMORY_KIND_DOCUMENT_CHUNK}
 
 
 def enum_value(value: int | str, names: Mapping[str, int], what: str) -> int:
@@ -33,6 +38,8 @@ def chat_request(
     message: str, *, session_id: str = "", user_id: str = "", request_type: int | str = 0,
     priority: int | str = 0, model_hint: str = "", output_format: int | str = 0, output_template: str = "",
     metadata: Mapping[str, str] | None = None, idempotency_key: str = "", max_output_tokens: int = 0,
+    use_memory: bool | None = None, use_tools: bool | None = None, tool_choice: str = "",
+    client_tools: Sequence[Mapping[str, Any] | gateway_pb2.ToolSpec] = (),
 ) -> gateway_pb2.ChatRequest:
     return gateway_pb2.ChatRequest(
         session_id=session_id, user_id=user_id, message=message,
@@ -43,7 +50,37 @@ def chat_request(
         output_template=output_template,
         metadata=common_pb2.Metadata(entries=dict(metadata or {})),
         idempotency_key=idempotency_key, max_output_tokens=max_output_tokens,
+        use_memory=use_memory,  # None: unset, the gateway's default (on)
+        use_tools=use_tools, tool_choice=tool_choice, client_tools=[tool_spec(t) for t in client_tools],
     )
+
+
+def template_request(name: str, source: str, formats: Sequence[int | str],
+                     description: str = "") -> files_pb2.PutTemplateRequest:
+    return files_pb2.PutTemplateRequest(name=name, source=source, description=description,
+                                        formats=[enum_value(f, FILE_FORMATS, "file format") for f in formats])
+
+
+def tool_spec(tool: Mapping[str, Any] | gateway_pb2.ToolSpec) -> gateway_pb2.ToolSpec:
+    """A caller's tool from ``{"name", "description", "input_schema": {…}, "output_schema": {…}}``."""
+    if isinstance(tool, gateway_pb2.ToolSpec):
+        return tool
+    output = tool.get("output_schema")
+    return gateway_pb2.ToolSpec(name=tool["name"], description=tool.get("description", ""),
+                                input_schema_json=json.dumps(tool.get("input_schema") or {}),
+                                output_schema_json=json.dumps(output) if output is not None else "")
+
+
+def tool_result(call_id: str, content: Any = None, *, error_code: str = "",
+                error_message: str = "") -> common_pb2.ToolResult:
+    """The result of one of the caller's tool calls: JSON ``content``, or an error the model will read."""
+    if error_code:
+        return common_pb2.ToolResult(call_id=call_id, ok=False, error_code=error_code, error_message=error_message)
+    return common_pb2.ToolResult(call_id=call_id, ok=True, content_json=json.dumps(content))
+
+
+def memory_kinds(kinds: Sequence[str]) -> list[int]:
+    return [enum_value(k, MEMORY_KINDS, "memory kind") for k in kinds]
 
 
 def auth_metadata(api_key: str) -> list[tuple[str, str]]:

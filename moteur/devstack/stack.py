@@ -29,10 +29,16 @@ SERVICES = ("router", "memory", "files", "tools", "gateway")  # start order: the
 class StackOptions:
     data_dir: Path = DEFAULT_DATA_DIR
     model_server: bool = True  # False: only the instant model (benchmarks of the mesh itself)
-    second_model: bool = False  # also serve Gemma 3 270M (`make run`)
+    # "auto": a model extracts facts, the rules when it finds none (make run); "rules": the rules only (tests,
+    # so that a test's chat turns do not queue extraction calls on the shared model server)
+    fact_extractor: str = "auto"
+    second_model: bool = False  # also serve Gemma 3 270M (`make run`, tests): summaries, and the fallback
     preferred_ports: dict[str, int] = field(default_factory=dict)
     service_env: dict[str, str] = field(default_factory=dict)  # extra MOTEUR_* settings for every service
     extra_models: list[dict[str, object]] = field(default_factory=list)  # more registry entries (benchmarks)
+    # The tools service's policy and MCP servers (config/tools.yaml's shape), written to the data dir;
+    # None: the repository's config/tools.yaml.
+    tools_config: dict[str, object] | None = None
 
 
 def _grpc_healthy(port: int) -> bool:
@@ -81,6 +87,10 @@ class LocalStack:
     def models_file(self) -> Path:
         return self.data_dir / "models.yaml"
 
+    @property
+    def tools_file(self) -> Path:
+        return REPO_CONFIG / "tools.yaml" if self.options.tools_config is None else self.data_dir / "tools.yaml"
+
     def service_env(self, service: str) -> dict[str, str]:
         return {
             "MOTEUR_LISTEN_HOST": "127.0.0.1",
@@ -96,9 +106,11 @@ class LocalStack:
             "MOTEUR_FILES_ADDR": self.address("files"),
             "MOTEUR_TOOLS_ADDR": self.address("tools"),
             "MOTEUR_MODELS_FILE": str(self.models_file),
+            "MOTEUR_TOOLS_FILE": str(self.tools_file),
             "MOTEUR_TIERS_FILE": str(REPO_CONFIG / "tiers.yaml"),
             "MOTEUR_MILVUS_URI": str(self.data_dir / "milvus.db"),
             "MOTEUR_FILES_DIR": str(self.data_dir / "files"),
+            "MOTEUR_FACT_EXTRACTOR": self.options.fact_extractor,
             **self.options.service_env,
         }
 
@@ -109,7 +121,10 @@ class LocalStack:
         secantusd = str(Path(sys.executable).with_name("secantusd-py"))
         self.processes["mongo"] = ManagedProcess(
             "mongo", [secantusd, "--host", "127.0.0.1", "--port", str(self.ports["mongo"]),
-                      "--storage-path", str(self.data_dir / "mongo"), "--log-level", "WARNING"],
+                      "--storage-path", str(self.data_dir / "mongo"), "--log-level", "WARNING",
+                      # Acknowledged writes survive a kill -9 (the fault suite lost turns without it): the
+                      # journal is synced at each commit, as a MongoDB replica set's w=majority/j=true does.
+                      "--sync-on-commit"],
             logs / "mongo.log", ready=lambda: port_open(self.ports["mongo"]),
         )
         self.processes["redis"] = ManagedProcess(
@@ -144,36 +159,79 @@ class LocalStack:
     def extra_gateway(self, name: str, **settings: str) -> tuple[ManagedProcess, str]:
         """Another gateway replica on the same stores and router (started by the caller, stopped by stop()),
         with extra ``MOTEUR_*`` settings."""
+        return self.extra_service("gateway", name, **settings)
+
+    def extra_service(self, service: str, name: str, **settings: str) -> tuple[ManagedProcess, str]:
+        """Another replica of ``service`` on the same stores and peers (started by the caller, stopped by
+        stop()), with extra ``MOTEUR_*`` settings."""
         port, metrics = free_port(), free_port()
-        env = {**self.service_env("gateway"), "MOTEUR_GRPC_PORT": str(port), "MOTEUR_METRICS_PORT": str(metrics),
+        env = {**self.service_env(service), "MOTEUR_GRPC_PORT": str(port), "MOTEUR_METRICS_PORT": str(metrics),
                **settings}
-        process = ManagedProcess(name, [sys.executable, "-m", "moteur.gateway"], self.data_dir / "logs" / f"{name}.log",
-                                 env=env, ready=lambda: _grpc_healthy(port))
+        process = ManagedProcess(name, [sys.executable, "-m", f"moteur.{service}"],
+                                 self.data_dir / "logs" / f"{name}.log", env=env, ready=lambda: _grpc_healthy(port))
         self.processes[name] = process
         return process, f"127.0.0.1:{port}"
 
     def write_models_file(self) -> None:
-        models: list[dict[str, object]] = []
-        if self.options.model_server:
-            models.append({
-                "name": "smollm2", "provider": "openai", "model": "smollm2",
-                "base_url": f"http://127.0.0.1:{self.ports['model']}/v1", "context_window": 2048,
-                "max_output_tokens": 256, "timeout_seconds": 60,
-            })
-        if self.options.model_server and self.options.second_model:
-            models.append({
-                "name": "gemma3", "provider": "openai", "model": "gemma3",
-                "base_url": f"http://127.0.0.1:{self.ports['model2']}/v1", "context_window": 2048,
-                "max_output_tokens": 256, "timeout_seconds": 60, "stop": ["USER:"],
-            })
-        models.append({"name": "instant", "provider": "instant", "context_window": 8192})
-        models.extend(self.options.extra_models)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        default = "smollm2" if self.options.model_server else "instant"
-        self.models_file.write_text(yaml.safe_dump({"default_model": default, "models": models}, sort_keys=False))
+        self.models_file.write_text(yaml.safe_dump(self.models_config(), sort_keys=False))
+
+    def models_config(self) -> dict[str, object]:
+        """The registry of the local models: SmolLM2 answers chat and code, Gemma 3 (a base model) is tried
+        first for summaries and is the fallback of the others; without model servers, the instant model."""
+        models: list[dict[str, object]] = []
+        routes: list[dict[str, object]] = []
+        local = {"provider": "openai", "context_window": 2048, "max_output_tokens": 256, "timeout_seconds": 60,
+                 "max_concurrency": 2, "supports_json": True, "json_schema_style": "llamacpp"}
+        if self.options.model_server:
+            models.append({"name": "smollm2", "model": "smollm2", "tokenizer": f"gguf:{smollm2_path()}",
+                           "base_url": f"http://127.0.0.1:{self.ports['model']}/v1", **local})
+            # The same model offered tools, for a hint that forces one (llama.cpp follows its schema with a
+            # grammar; left to choose, the small model answers in text, so no route offers it tools).
+            models.append({"name": "smollm2-tools", "model": "smollm2", "tokenizer": f"gguf:{smollm2_path()}",
+                           "base_url": f"http://127.0.0.1:{self.ports['model']}/v1", **local,
+                           "supports_tools": True, "max_concurrency": 1})
+        fallback = []
+        if self.options.model_server and self.options.second_model:
+            models.append({"name": "gemma3", "model": "gemma3", "stop": ["USER:"],
+                           "tokenizer": f"gguf:{gemma3_path(self.data_dir / 'models')}",
+                           "base_url": f"http://127.0.0.1:{self.ports['model2']}/v1", **local})
+            fallback = ["gemma3"]
+            routes.append({"name": "summarize", "request_types": ["summarize"], "candidates": ["gemma3", "smollm2"],
+                           "system_prompt": "Summarize the user's text in two or three sentences.",
+                           "max_output_tokens": 128, "temperature": 0.2,
+                           "examples": ["Summarize this article", "Give me a short summary of the meeting notes",
+                                        "TL;DR of the following text", "What are the key points of this document?",
+                                        "Summarize the following text in a few sentences"]})
+        if self.options.model_server:
+            routes.append({"name": "code", "request_types": ["code"], "candidates": ["smollm2", *fallback],
+                           "system_prompt": "You are a careful programmer. Answer with code and a short note.",
+                           "temperature": 0.1,
+                           "examples": ["Write a Python function that reverses a list", "Fix this bug in my code",
+                                        "How do I write a SQL query that joins two tables?",
+                                        "Write a function in JavaScript", "Why does this code throw an exception?"]})
+            routes.append({"name": "chat", "candidates": ["smollm2", *fallback],
+                           "examples": ["Hello, how are you?", "Tell me about lighthouses",
+                                        "What is the capital of France?"]})
+        models.append({"name": "instant", "provider": "instant", "context_window": 8192, "max_concurrency": 64,
+                       "supports_json": True, "supports_tools": True})
+        models.extend(self.options.extra_models)
+        if not routes:
+            routes.append({"name": "chat", "candidates": ["instant"]})
+        # A model server restarted by a fault test is tried again soon.
+        return {"models": models, "routes": routes, "breaker": {"failure_threshold": 5, "open_seconds": 5}}
+
+    def write_tools_file(self, config: dict[str, object]) -> None:
+        """Replace the tools policy; the running tools service reloads it (tests change it this way)."""
+        if self.options.tools_config is None:
+            raise RuntimeError("this stack reads the repository's config/tools.yaml; set StackOptions.tools_config")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tools_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def start(self) -> None:
         self.write_models_file()
+        if self.options.tools_config is not None:
+            self.write_tools_file(self.options.tools_config)
         try:
             for process in self.processes.values():
                 process.start()
@@ -186,13 +244,15 @@ class LocalStack:
             process.stop()
 
     @contextlib.contextmanager
-    def stopped(self, name: str) -> Iterator[None]:
-        """One part down for the duration of the block (fault tests), started again on the way out."""
-        self.processes[name].stop()
+    def stopped(self, *names: str) -> Iterator[None]:
+        """Parts down for the duration of the block (fault tests), started again on the way out."""
+        for name in names:
+            self.processes[name].stop()
         try:
             yield
         finally:
-            self.processes[name].start()
+            for name in names:
+                self.processes[name].start()
 
     def restart(self, name: str) -> None:
         self.processes[name].stop()

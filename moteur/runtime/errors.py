@@ -20,12 +20,14 @@ class MoteurError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after_seconds: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_seconds = retry_after_seconds  # sent as google.rpc.RetryInfo when set
+        self.metadata: list[tuple[str, str]] = []  # trailing metadata sent with the status (e.g. the budget)
 
     def details(self) -> Sequence[any_pb2.Any]:
-        return ()
+        return [_retry_info(self.retry_after_seconds)] if self.retry_after_seconds is not None else []
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,7 @@ class ResourceExhausted(MoteurError):
         self, message: str, *, retry_after_seconds: float | None = None,
         violations: Sequence[QuotaViolation] = (),
     ) -> None:
-        super().__init__(message)
-        self.retry_after_seconds = retry_after_seconds
+        super().__init__(message, retry_after_seconds=retry_after_seconds)
         self.violations = list(violations)
         self.quota_use: object | None = None  # set by the limiter when a quota (not a rate) refused
 
@@ -117,11 +118,7 @@ class ResourceExhausted(MoteurError):
                 ]
             )
             packed.append(_pack(failure))
-        if self.retry_after_seconds is not None:
-            delay = duration_pb2.Duration()
-            delay.FromNanoseconds(int(self.retry_after_seconds * 1e9))
-            packed.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-        return packed
+        return [*packed, *super().details()]
 
 
 class RemoteError(MoteurError):
@@ -150,17 +147,18 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> MoteurError:
     return RemoteError(code, error.details() or f"the {service} service failed with {code.name}", details)
 
 
-def not_built_yet(method: str, issue: str) -> Unimplemented:
-    """The UNIMPLEMENTED answer of an RPC whose behaviour a later issue brings."""
-    return Unimplemented(f"{method} is not built yet; it arrives with {issue}.")
-
-
 def to_grpc_status(error: MoteurError) -> grpc.Status:
     """The status (code, message, google.rpc details in trailing metadata) to abort a call with."""
     status = status_pb2.Status(
         code=getattr(code_pb2, error.code.name), message=error.message, details=list(error.details())
     )
     return rpc_status.to_status(status)
+
+
+def _retry_info(seconds: float) -> any_pb2.Any:
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(seconds * 1e9))
+    return _pack(error_details_pb2.RetryInfo(retry_delay=delay))
 
 
 def _pack(message: object) -> any_pb2.Any:

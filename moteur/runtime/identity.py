@@ -18,6 +18,8 @@ USER_HEADER = "x-moteur-user"
 TIER_HEADER = "x-moteur-tier"
 KEY_HEADER = "x-moteur-key"
 REQUEST_ID_HEADER = "x-request-id"
+# Sent by the router on its answers: the revision of its model registry, so the gateway re-reads capacities.
+MODELS_REVISION_HEADER = "x-moteur-models-revision"
 
 
 @dataclass(frozen=True, slots=True)

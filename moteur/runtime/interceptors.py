@@ -37,6 +37,8 @@ def translate_exception(exc: BaseException) -> MoteurError | None:
 
     if isinstance(exc, MoteurError):
         return exc
+    if isinstance(exc, pymongo.errors.ClientBulkWriteException) and exc.error is not None:
+        exc = exc.error  # a connection lost during a multi-collection write comes wrapped
     if isinstance(exc, pymongo.errors.ConnectionFailure | pymongo.errors.ServerSelectionTimeoutError):
         return Unavailable("the session store (MongoDB) is unreachable; retry shortly")
     if isinstance(exc, redis.exceptions.ConnectionError):
@@ -47,16 +49,24 @@ def translate_exception(exc: BaseException) -> MoteurError | None:
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: str) -> None:
         self._service = service
+        # The wrapped handler of each method, built once: grpc asks for it on every call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         full_method: str = handler_call_details.method  # type: ignore[attr-defined]
+        wrapped = self._wrapped.get(full_method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return handler
+            wrapped = self._wrapped[full_method] = self._wrap(full_method, handler)
+        return wrapped
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(full_method, handler.unary_unary),
@@ -143,13 +153,13 @@ class _Call:
         self.span.set_attribute("moteur.error", error.message)
         status = to_grpc_status(error)
         # Keep what the handler already set (e.g. the remaining rate-limit budget) beside the details.
-        trailing = (*(self.context.trailing_metadata() or ()), *status.trailing_metadata)
+        trailing = (*(self.context.trailing_metadata() or ()), *error.metadata, *status.trailing_metadata)
         await self.context.abort(status.code, status.details, trailing)
 
     def __exit__(self, *exc_info: object) -> None:
         elapsed = time.perf_counter() - self.started
         RPC_IN_FLIGHT.labels(self.service, self.method).dec()
-        RPC_LATENCY.labels(self.service, self.method).observe(elapsed)
+        RPC_LATENCY.labels(self.service, self.method, self.code.name).observe(elapsed)
         RPC_REQUESTS.labels(self.service, self.method, self.code.name).inc()
         if self.code is not grpc.StatusCode.OK:
             self.span.set_status(Status(StatusCode.ERROR, self.code.name))

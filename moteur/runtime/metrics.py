@@ -17,8 +17,8 @@ RPC_REQUESTS = Counter(
     "moteur_rpc_requests_total", "RPCs handled, by final status code.", ["service", "method", "code"]
 )
 RPC_LATENCY = Histogram(
-    "moteur_rpc_duration_seconds", "Time to handle an RPC, streams until their last message.",
-    ["service", "method"], buckets=LATENCY_BUCKETS,
+    "moteur_rpc_duration_seconds", "Time to handle an RPC, streams until their last message, by final status.",
+    ["service", "method", "code"], buckets=LATENCY_BUCKETS,
 )
 RPC_IN_FLIGHT = Gauge("moteur_rpc_in_flight", "RPCs being handled now.", ["service", "method"])
 

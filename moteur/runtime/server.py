@@ -19,11 +19,11 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from moteur.runtime.errors import not_built_yet
 from moteur.runtime.interceptors import ObservabilityInterceptor
 from moteur.runtime.logging import configure_logging
 from moteur.runtime.metrics import serve_metrics
 from moteur.runtime.settings import ServerSettings
+from moteur.runtime.tls import TlsSettings
 from moteur.runtime.tracing import configure_tracing
 
 log = structlog.get_logger("moteur.server")
@@ -49,13 +49,20 @@ class ServiceApp:
     build: Build
 
 
-async def serve(app: ServiceApp, settings: ServerSettings, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    app: ServiceApp, settings: ServerSettings, stop: asyncio.Event | None = None, tls: TlsSettings | None = None
+) -> None:
     """Serve until ``stop`` is set (SIGTERM/SIGINT set it when run from :func:`run`), then drain."""
     stop = stop or asyncio.Event()
+    tls = tls or TlsSettings()
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # Accept the mesh channels' keepalive pings (every 30 s, moteur.runtime.channels) on calls that wait
+        # long without data, e.g. a slow model: the default (5 min) answers them with GOAWAY too_many_pings.
+        ("grpc.http2.min_ping_interval_without_data_ms", 15_000),
+        ("grpc.keepalive_permit_without_calls", 1),
     ]
     async with contextlib.asynccontextmanager(app.build)() as registrations:
         server = grpc.aio.server(interceptors=[ObservabilityInterceptor(app.name)], options=options)
@@ -66,12 +73,19 @@ async def serve(app: ServiceApp, settings: ServerSettings, stop: asyncio.Event |
             registration.add_to_server(registration.servicer, server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         address = f"{settings.listen_host}:{settings.grpc_port}"
-        if server.add_insecure_port(address) == 0:
+        bound = server.add_secure_port(address, tls.server_credentials()) if tls.enabled else \
+            server.add_insecure_port(address)
+        if bound == 0:
             raise RuntimeError(f"cannot listen on {address}")
+        probes = _health_only(health_servicer, f"{settings.listen_host}:{tls.health_port}") if tls.enabled else None
         await server.start()
+        if probes is not None:
+            await probes.start()
         for name in ("", *names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("server.started", address=address, services=names, metrics_port=settings.metrics_port)
+        log.info("server.started", address=address, services=names, metrics_port=settings.metrics_port,
+                 tls="mutual" if tls.tls_ca_file else ("server" if tls.enabled else "off"),
+                 health_port=tls.health_port if tls.enabled else None)
         await stop.wait()
         # Drain: report NOT_SERVING so load balancers stop sending, then let in-flight calls finish.
         for name in ("", *names):
@@ -81,7 +95,18 @@ async def serve(app: ServiceApp, settings: ServerSettings, stop: asyncio.Event |
                 registration.on_drain()
         log.info("server.draining", grace_seconds=settings.drain_seconds)
         await server.stop(settings.drain_seconds)
+        if probes is not None:
+            await probes.stop(0)
         log.info("server.stopped")
+
+
+def _health_only(health_servicer: health.aio.HealthServicer, address: str) -> grpc.aio.Server:
+    """The health service alone, in plaintext: what a TLS service answers the kubelet's probes on."""
+    probes = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
+    if probes.add_insecure_port(address) == 0:
+        raise RuntimeError(f"cannot listen on {address} (MOTEUR_HEALTH_PORT)")
+    return probes
 
 
 def run(app: ServiceApp, settings: ServerSettings | None = None) -> None:
@@ -100,32 +125,3 @@ def run(app: ServiceApp, settings: ServerSettings | None = None) -> None:
 
     asyncio.run(main())
 
-
-def not_built_servicer(descriptor: ServiceDescriptor, base: type, issue: str) -> Any:
-    """A servicer whose every RPC answers UNIMPLEMENTED naming the issue that brings it."""
-
-    def placeholder(name: str, streaming: bool) -> Callable[..., Any]:
-        error = not_built_yet(f"{descriptor.name}.{name}", issue)
-        if streaming:
-            async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                raise error
-                yield  # an async generator, as grpc.aio expects of server-streaming handlers
-
-            return stream
-
-        async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            raise error
-
-        return unary
-
-    methods = {m.name: placeholder(m.name, m.server_streaming) for m in descriptor.methods}
-    return type(f"{descriptor.name}NotBuilt", (base,), methods)()
-
-
-def not_built_app(name: str, descriptor: ServiceDescriptor, base: type, add_to_server: Any, issue: str) -> ServiceApp:
-    """A service that boots, reports healthy and answers UNIMPLEMENTED until ``issue`` builds it."""
-
-    async def build() -> AsyncIterator[Sequence[Registration]]:
-        yield [Registration(descriptor, not_built_servicer(descriptor, base, issue), add_to_server)]
-
-    return ServiceApp(name, build)

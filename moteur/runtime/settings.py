@@ -7,7 +7,7 @@ so that a Helm ConfigMap or ``make run`` can set them the same way.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,20 +57,114 @@ class RouterSettings(MoteurSettings):
 
 class MemorySettings(MoteurSettings):
     milvus_uri: str = Field(".data/milvus.db", description="Milvus Lite file or Milvus cluster URI.")
+    milvus_index_type: str = Field("FLAT", description="Vector index of the memories (FLAT, IVF_FLAT, HNSW…).")
+    milvus_index_params: dict[str, Any] = Field(default_factory=dict, description="Its build parameters (JSON).")
+    milvus_search_params: dict[str, Any] = Field(default_factory=dict, description="Its search parameters (JSON).")
+    milvus_search: Literal["auto", "exact", "milvus"] = Field(
+        "auto", description="auto: a Lite file is searched through an exact in-process mirror, a cluster by Milvus."
+    )
+    embedding_provider: Literal["local", "openai"] = Field(
+        "local", description="local: MiniLM int8 ONNX on the CPU; openai: an OpenAI-compatible endpoint."
+    )
+    embedding_model: str = Field("", description="The provider's embedding model id (openai).")
+    embedding_base_url: str = Field("", description="The provider's base URL (openai).")
+    embedding_api_key_env: str = Field("", description="The env var holding the provider's key (openai).")
+    embedding_dimensions: int = Field(1536, gt=0, description="The provider's vector size (openai).")
+    fact_extractor: Literal["auto", "rules"] = Field(
+        "auto", description="auto: a model through the router, the rules when it finds nothing; rules: rules only."
+    )
+    extraction_timeout_seconds: float = Field(30.0, gt=0, description="Longest a model may take to extract facts.")
 
 
 class FilesSettings(MoteurSettings):
-    files_dir: Path = Field(Path(".data/files"), description="Directory where rendered files are stored.")
+    """Where the files service keeps rendered files, for how long, and how large they may be."""
+
+    files_storage: Literal["dir", "s3"] = Field(
+        "dir", description="dir: a directory on one machine (MOTEUR_FILES_DIR); s3: S3-compatible object storage."
+    )
+    files_dir: Path = Field(Path(".data/files"), description="Directory where rendered files are stored (dir).")
+    files_s3_endpoint: str = Field(
+        "", description="S3 endpoint URL (MinIO, Ceph, a local server); empty: AWS S3 of the region."
+    )
+    files_s3_bucket: str = Field("", description="Bucket holding the files (s3); it must exist.")
+    files_s3_region: str = Field("us-east-1", description="Region of the bucket (s3).")
+    files_s3_prefix: str = Field("files/", description="Key prefix of every object (s3).")
+    files_s3_access_key_env: str = Field(
+        "AWS_ACCESS_KEY_ID", description="Env var holding the S3 access key id (a Secret); empty: boto3's chain."
+    )
+    files_s3_secret_key_env: str = Field(
+        "AWS_SECRET_ACCESS_KEY", description="Env var holding the S3 secret key (a Secret); empty: boto3's chain."
+    )
+    files_retention_days: float = Field(
+        30.0, gt=0, description="Days a file is kept; after that it is NOT_FOUND and the sweeper deletes it."
+    )
+    files_sweep_seconds: float = Field(3600.0, gt=0, description="How often expired files are deleted.")
+    files_max_bytes: int = Field(
+        50 * 1024 * 1024, gt=0, description="Largest rendered file; larger is RESOURCE_EXHAUSTED naming this limit."
+    )
+    files_max_input_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="Largest render input: Markdown text plus data (as JSON)."
+    )
+    files_render_concurrency: int = Field(2, ge=1, description="Renders run at once (threads; PDF is CPU-bound).")
+    files_table_model: str = Field(
+        "", description="Model hint for finding table rows in free text; empty: the router's extract route."
+    )
+    files_table_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest a model may take to find table rows in free text."
+    )
+
+
+class ToolsSettings(MoteurSettings):
+    tools_file: Path = Field(
+        Path("config/tools.yaml"), description="Tool policy per tenant and MCP servers (YAML), reloaded on change."
+    )
+    http_allowlist: list[str] = Field(
+        default_factory=list, description="Hosts http_get may fetch (JSON list; '*.example.org' for subdomains)."
+    )
+    http_trusted_hosts: list[str] = Field(
+        default_factory=list, description="Allowlisted hosts whose private addresses are trusted (internal APIs)."
+    )
+    mcp_refresh_seconds: float = Field(
+        10.0, gt=0, description="How often each MCP server's tools are listed again (a dead connection or a "
+        "changed tool list is noticed within this)."
+    )
 
 
 class GatewaySettings(MoteurSettings):
     tiers_file: Path = Field(Path("config/tiers.yaml"), description="Tiers: limits, quotas and priorities (YAML).")
     alert_webhook_url: str = Field("", description="Where quota alerts are POSTed as JSON; empty: not sent.")
     lease_seconds: float = Field(
-        600.0, description="Longest a concurrency slot is held if its gateway dies mid-call (crash recovery)."
+        30.0, gt=0, description="Concurrency slots are leases of this length, renewed while the call runs: a "
+        "gateway that dies mid-call frees its slots within this."
     )
-    queue_capacity: int = Field(64, gt=0, description="Chat turns dispatched to the models at once, per replica.")
+    queue_capacity: int = Field(
+        64, gt=0, description="Most chat turns one replica dispatches at once per pool (the registry may say fewer)."
+    )
+    queue_replicas: int = Field(
+        1, gt=0, description="Gateway replicas sharing the models: each dispatches its share of their capacity."
+    )
     queue_max_queued: int = Field(1000, ge=0, description="Turns that may wait, per replica.")
     queue_max_queued_per_tenant: int = Field(100, ge=0, description="Turns one tenant may have waiting.")
-    queue_critical_reserve: int = Field(4, ge=0, description="Dispatch slots only critical turns may use.")
+    queue_critical_share: float = Field(
+        0.1, ge=0, lt=1, description="Share of each pool's dispatch slots only critical turns may use (rounded down)."
+    )
+    recall_top_k: int = Field(8, gt=0, le=100, description="Memories asked for per chat turn (recall).")
+    recall_min_score: float = Field(0.35, ge=-1, le=1, description="Least cosine similarity of a recalled memory.")
+    recall_token_budget: int = Field(256, ge=0, description="Most prompt tokens recalled memories may take.")
+    recall_timeout_seconds: float = Field(
+        1.0, gt=0, description="Longest a turn waits for recall before going on without memories."
+    )
     queue_max_wait_seconds: float = Field(30.0, gt=0, description="Longest a turn waits for a slot.")
+    tool_max_rounds: int = Field(
+        8, ge=1, le=64, description="Rounds of tool calls in one chat turn before the model must answer."
+    )
+    tool_max_parallel: int = Field(8, ge=1, le=64, description="Tool calls of one round run at once.")
+    tool_loop_timeout_seconds: float = Field(
+        120.0, gt=0, description="Longest one chat turn (or SubmitToolResults) may spend on model and tool calls."
+    )
+    tool_results_wait_seconds: float = Field(
+        600.0, gt=0, description="How long a turn waits for the caller's tool results (REQUIRES_ACTION)."
+    )
+    tool_list_cache_seconds: float = Field(
+        30.0, ge=0, description="How long the gateway keeps a tenant's tool list before asking the tools service."
+    )

@@ -1,14 +1,60 @@
-"""``python -m moteur.files``: healthy, UNIMPLEMENTED until issue #8 (file generation)."""
+"""``python -m moteur.files``: renders answers into files through templates, stores and streams them."""
 
 from __future__ import annotations
 
-from moteur.runtime.server import not_built_app, run
-from moteur.v1 import files_pb2, files_pb2_grpc
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 
-app = not_built_app(
-    "files", files_pb2.DESCRIPTOR.services_by_name["Files"], files_pb2_grpc.FilesServicer,
-    files_pb2_grpc.add_FilesServicer_to_server, "issue #8 (file generation)",
-)
+from moteur.files.service import FileService
+from moteur.files.servicer import FilesServicer
+from moteur.files.storage import open_storage
+from moteur.files.store import FileStore, TemplateStore
+from moteur.files.tables import AskModel
+from moteur.runtime.channels import open_channel
+from moteur.runtime.completion import complete_json
+from moteur.runtime.identity import Identity
+from moteur.runtime.mongo import connect_mongo, database
+from moteur.runtime.server import Registration, ServiceApp, run
+from moteur.runtime.settings import FilesSettings, MeshSettings, MongoSettings
+from moteur.runtime.tasks import cancel_and_wait
+from moteur.v1 import files_pb2, files_pb2_grpc, router_pb2_grpc
+
+TABLE_MAX_OUTPUT_TOKENS = 2048
+
+
+def table_model(router: router_pb2_grpc.RouterStub, settings: FilesSettings) -> Callable[[Identity], AskModel]:
+    """The model call that finds rows in a text, on behalf of the caller (the router accounts it to them)."""
+
+    def for_caller(identity: Identity) -> AskModel:
+        return partial(complete_json, router, identity, timeout=settings.files_table_timeout_seconds,
+                       max_output_tokens=TABLE_MAX_OUTPUT_TOKENS, model_hint=settings.files_table_model)
+
+    return for_caller
+
+
+async def build() -> AsyncIterator[Sequence[Registration]]:
+    settings, mongo_settings = FilesSettings(), MongoSettings()
+    mongo = connect_mongo(mongo_settings)
+    db = database(mongo, mongo_settings)
+    files, templates = FileStore(db), TemplateStore(db)
+    await files.ensure_indexes()
+    await templates.ensure_indexes()
+    service = FileService(files, templates, open_storage(settings), settings)
+    router_channel = open_channel(MeshSettings().router_addr)
+    servicer = FilesServicer(service, table_model(router_pb2_grpc.RouterStub(router_channel), settings))
+    sweeper = asyncio.create_task(service.sweep_forever())
+    try:
+        yield [Registration(files_pb2.DESCRIPTOR.services_by_name["Files"], servicer,
+                            files_pb2_grpc.add_FilesServicer_to_server)]
+    finally:
+        await cancel_and_wait(sweeper)
+        service.close()
+        await router_channel.close()
+        await mongo.close()
+
+
+app = ServiceApp("files", build)
 
 if __name__ == "__main__":
     run(app)

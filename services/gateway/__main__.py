@@ -5,57 +5,93 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from moteur.gateway.admission import AdmissionControl
 from moteur.gateway.alerts import AlertLog
 from moteur.gateway.auth import ApiKeyStore, Authenticator
 from moteur.gateway.conversation import Conversation
+from moteur.gateway.dispatch import DispatchPools
 from moteur.gateway.idempotency import IdempotencyStore
 from moteur.gateway.limiter import RateLimiter
 from moteur.gateway.limits import LimitsCatalog, load_tiers
-from moteur.gateway.queue import AdmissionQueue
+from moteur.gateway.outbox import MemoryOutbox
+from moteur.gateway.recall import Recall
+from moteur.gateway.rendering import FileRenderer
 from moteur.gateway.servicer import GatewayServicer
 from moteur.gateway.sessions import SessionStore
+from moteur.gateway.tenants import TenantSettings
+from moteur.gateway.tooling import ToolBox
 from moteur.gateway.usage import UsageLedger
 from moteur.runtime.channels import open_channel
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.server import Registration, ServiceApp, run
 from moteur.runtime.settings import GatewaySettings, MeshSettings, MongoSettings, RedisSettings
-from moteur.v1 import gateway_pb2, gateway_pb2_grpc, router_pb2_grpc
+from moteur.v1 import (
+    files_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    memory_pb2_grpc,
+    router_pb2_grpc,
+    tools_pb2_grpc,
+)
 
 
 async def build() -> AsyncIterator[Sequence[Registration]]:
     mesh, mongo_settings, settings = MeshSettings(), MongoSettings(), GatewaySettings()
     tiers = load_tiers(settings.tiers_file)
     mongo = connect_mongo(mongo_settings)
-    # Short timeouts: a Redis that does not answer must trigger the tier's fallback policy quickly.
+    # Short timeouts: a Redis that does not answer must trigger the tier's fallback policy quickly. One
+    # immediate retry on a new connection: after a Redis restart every pooled connection is dead, and each
+    # would otherwise fail one call (a fail-closed caller's UNAVAILABLE). A script whose reply was lost may
+    # so run twice: it then over-counts one call, never over-admits.
     limits_store = aioredis.Redis.from_url(
-        RedisSettings().redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
+        RedisSettings().redis_url, socket_timeout=0.25, socket_connect_timeout=0.25, retry=Retry(NoBackoff(), 1),
     )
     db = database(mongo, mongo_settings)
-    router_channel = open_channel(mesh.router_addr)
+    router_channel, memory_channel = open_channel(mesh.router_addr), open_channel(mesh.memory_addr)
+    tools_channel, files_channel = open_channel(mesh.tools_addr), open_channel(mesh.files_addr)
+    files = files_pb2_grpc.FilesStub(files_channel)
+    toolbox = ToolBox(tools_pb2_grpc.ToolsStub(tools_channel), mesh.call_timeout_seconds,
+                      settings.tool_list_cache_seconds)
+    memory = memory_pb2_grpc.MemoryStub(memory_channel)
+    outbox, tenants = MemoryOutbox(db, memory), TenantSettings(db)
     keys, sessions, usage, idempotency = ApiKeyStore(db), SessionStore(db), UsageLedger(db), IdempotencyStore(db)
     catalog, alerts = LimitsCatalog(tiers, db), AlertLog(db, settings.alert_webhook_url)
-    for store in (keys, sessions, usage, idempotency, alerts):
+    for store in (keys, sessions, usage, idempotency, alerts, outbox):
         await store.ensure_indexes()
-    queue = AdmissionQueue(
-        settings.queue_capacity, settings.queue_max_queued, settings.queue_max_queued_per_tenant,
-        settings.queue_critical_reserve, settings.queue_max_wait_seconds,
-    )
-    admission = AdmissionControl(catalog, RateLimiter(limits_store, catalog, settings.lease_seconds), alerts, queue)
+    router = router_pb2_grpc.RouterStub(router_channel)
+    pools = DispatchPools(settings, router)
+    await pools.refresh()  # the models' capacity; a router not up yet is read on its first answer
+    limiter = RateLimiter(limits_store, catalog, settings.lease_seconds)
+    admission = AdmissionControl(catalog, limiter, alerts, pools)
     conversation = Conversation(
-        mongo, sessions, usage, idempotency, router_pb2_grpc.RouterStub(router_channel), mesh.call_timeout_seconds
+        mongo, sessions, usage, idempotency, router, mesh.call_timeout_seconds, on_registry=pools.observe,
+        recall=Recall(memory, settings.recall_top_k, settings.recall_min_score, settings.recall_token_budget,
+                      settings.recall_timeout_seconds),
+        outbox=outbox, tenants=tenants, toolbox=toolbox, settings=settings,
+        files=FileRenderer(files, mesh.call_timeout_seconds),
     )
+    outbox.start()
     try:
         yield [
             Registration(
                 gateway_pb2.DESCRIPTOR.services_by_name["Gateway"],
-                GatewayServicer(Authenticator(keys), keys, sessions, usage, conversation, admission),
+                GatewayServicer(
+                    Authenticator(keys), keys, sessions, usage, conversation, admission, router, memory, tenants,
+                    toolbox, files,
+                ),
                 gateway_pb2_grpc.add_GatewayServicer_to_server,
-                on_drain=queue.drain,  # queued turns are handed back at once, in-flight ones finish
+                on_drain=pools.drain,  # queued turns are handed back at once, in-flight ones finish
             )
         ]
     finally:
+        await outbox.stop()
+        await limiter.close()
+        await memory_channel.close()
+        await tools_channel.close()
+        await files_channel.close()
         await router_channel.close()
         await limits_store.aclose()
         await mongo.close()

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from moteur.gateway.alerts import AlertLog
+from moteur.gateway.dispatch import DispatchPools
 from moteur.gateway.limiter import Admission, QuotaUse, RateLimiter
 from moteur.gateway.limits import PRIORITY_NAMES, LimitsCatalog
 from moteur.gateway.metrics import ADMISSIONS
-from moteur.gateway.queue import AdmissionQueue
 from moteur.runtime.errors import MoteurError, PermissionDenied, ResourceExhausted
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2
@@ -46,10 +46,10 @@ def estimate_tokens(message: str, max_output_tokens: int) -> int:
 
 
 class AdmissionControl:
-    def __init__(self, catalog: LimitsCatalog, limiter: RateLimiter, alerts: AlertLog, queue: AdmissionQueue) -> None:
+    def __init__(self, catalog: LimitsCatalog, limiter: RateLimiter, alerts: AlertLog, pools: DispatchPools) -> None:
         self.catalog = catalog
         self.alerts = alerts
-        self.queue = queue
+        self.pools = pools
         self._limiter = limiter
 
     def check_priority(self, identity: Identity, priority: int) -> None:
@@ -60,12 +60,12 @@ class AdmissionControl:
                 f"tier {identity.tier!r} may use priorities {', '.join(allowed)}, not {name!r}"
             )
 
-    async def admit(self, identity: Identity, user: str, priority: int, tokens: int) -> Admission:
+    async def admit(self, identity: Identity, user: str, priority: int, tokens: int, pool: str) -> Admission:
         try:
             self.check_priority(identity, priority)
             # A turn the queue would shed is refused before it costs a Redis round trip: under overload the
             # refusal must be the cheapest answer the gateway gives.
-            self.queue.check_room(identity.tenant, priority - common_pb2.PRIORITY_CRITICAL)
+            self.pools.queue(pool).check_room(identity.tenant, priority - common_pb2.PRIORITY_CRITICAL)
             admission = await self._limiter.admit(identity, user, tokens)
         except MoteurError as exc:
             ADMISSIONS.labels(identity.tenant, exc.code.name.lower()).inc()
@@ -77,13 +77,14 @@ class AdmissionControl:
 
     @contextlib.asynccontextmanager
     async def turn(
-        self, identity: Identity, user: str, priority: int, tokens: int, timeout: float | None
+        self, identity: Identity, user: str, priority: int, tokens: int, timeout: float | None, pool: str
     ) -> AsyncIterator[AdmittedTurn]:
-        """Admit a turn and wait for its slot; the slot is released and, unless the turn settled,
-        its reservation too, however the block ends (answer, error, cancellation)."""
-        admission = await self.admit(identity, user, priority, tokens)
+        """Admit a turn and wait for its slot in ``pool``; the slot is released and, unless the turn
+        settled, its reservation too, however the block ends (answer, error, cancellation)."""
+        queue = self.pools.queue(pool)
+        admission = await self.admit(identity, user, priority, tokens, pool)
         try:
-            slot = await self.queue.acquire(
+            slot = await queue.acquire(
                 identity.tenant, priority - common_pb2.PRIORITY_CRITICAL, timeout,
                 weight=self.catalog.tier(identity.tier).weight,
             )
@@ -91,7 +92,7 @@ class AdmissionControl:
             try:
                 yield AdmittedTurn(self, admission, slot.wait_seconds)
             finally:
-                self.queue.release(dispatched)
+                queue.release(dispatched)
         finally:
             if not admission.settled:
                 await asyncio.shield(self.release(admission))

@@ -61,10 +61,11 @@ class ApiKeyStore:
         self, tenant: str, user: str = "", tier: str = "standard", name: str = "", admin: bool = False
     ) -> tuple[str, ApiKey]:
         """A new key; returns its plaintext (shown once, never stored) and its record."""
-        if not tenant or len(tenant) > 64:
-            raise InvalidArgument("tenant", "1 to 64 characters")
-        if len(user) > 128:
-            raise InvalidArgument("user", "at most 128 characters")
+        # Both travel between services in gRPC metadata (ASCII) and are stored in 64 and 128-byte columns.
+        if not tenant or len(tenant) > 64 or not tenant.isascii() or not tenant.isprintable():
+            raise InvalidArgument("tenant", "1 to 64 printable ASCII characters")
+        if len(user) > 128 or not user.isascii() or not user.isprintable():
+            raise InvalidArgument("user", "at most 128 printable ASCII characters")
         if tier not in TIERS:
             raise InvalidArgument("tier", f"one of {', '.join(TIERS)}")
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)

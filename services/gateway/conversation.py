@@ -1,16 +1,26 @@
-"""The conversation loop of one chat turn: session → history → model → persisted answer.
+"""The conversation loop of one chat turn: session → history + memories → model ⇄ tools → persisted answer.
 
 Promises: the answer, the question and the token usage are persisted before the caller sees the answer,
 in one round trip to the store; when the model call fails (or the caller goes away) the question is
 persisted all the same before the error is raised; a turn under an idempotency key runs at most once.
-Recalled memories, tool calls and files join this loop in later issues.
+
+The tool loop: when the model asks for tools, the registry's are invoked (in parallel), their results
+appended, and the model asked again — at most ``tool_max_rounds`` rounds within ``tool_loop_timeout``.
+Every round (the model's calls and their results) is persisted with the answer in its one write or, when
+the turn fails, with the question, as the question itself is. When the model calls one of the caller's
+own tools, the turn stops with status REQUIRES_ACTION: the session keeps the pending calls (and what the
+continuation needs) until the caller's SubmitToolResults continues the same loop. A model that keeps
+calling tools past the last round is asked once without tools, and if it still calls them the turn ends
+with a message saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -18,20 +28,41 @@ import structlog
 from pymongo import AsyncMongoClient
 
 from moteur.gateway.idempotency import IdempotencyStore, fingerprint
-from moteur.gateway.metrics import CHAT_TOKENS, CHAT_TURNS
+from moteur.gateway.metrics import CHAT_TOKENS, CHAT_TURNS, GATEWAY_TOOL_CALLS, TOOL_LOOPS, TOOL_ROUNDS
+from moteur.gateway.outbox import MemoryOutbox
+from moteur.gateway.recall import OFF, Recall, Recollection
+from moteur.gateway.rendering import FileRenderer, RenderFailed, file_ref
 from moteur.gateway.sessions import Scope, Session, SessionStore, StoredMessage, new_message
+from moteur.gateway.tenants import TenantSettings, TenantSwitches
+from moteur.gateway.tooling import (
+    ClientTool,
+    ToolBox,
+    TurnTools,
+    check_client_results,
+    model_view,
+    result_doc,
+)
 from moteur.gateway.usage import TokenUsage, UsageLedger
 from moteur.runtime.channels import mesh_metadata, reconnecting
 from moteur.runtime.context import outgoing_timeout
-from moteur.runtime.errors import MoteurError, Unavailable, from_rpc_error
-from moteur.runtime.identity import Identity
+from moteur.runtime.errors import (
+    Aborted,
+    DeadlineExceeded,
+    FailedPrecondition,
+    MoteurError,
+    Unavailable,
+    from_rpc_error,
+)
+from moteur.runtime.identity import MODELS_REVISION_HEADER, Identity, metadata_value
 from moteur.runtime.mongo import write_together
-from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc
+from moteur.runtime.settings import GatewaySettings
+from moteur.v1 import common_pb2, files_pb2, router_pb2, router_pb2_grpc
 
 log = structlog.get_logger("moteur.gateway.conversation")
 
 _PROMPT_ROLES = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT,
-                 "system": common_pb2.ROLE_SYSTEM}
+                 "system": common_pb2.ROLE_SYSTEM, "tool": common_pb2.ROLE_TOOL}
+COMPLETED, REQUIRES_ACTION = "completed", "requires_action"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +76,30 @@ class TurnInput:
     max_output_tokens: int = 0
     idempotency_key: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    use_memory: bool = True
+    use_tools: bool = True  # offer the registry's tools the tenant may use
+    tool_choice: str = ""  # "" (auto), "none", "required" or a tool's name
+    client_tools: tuple[ClientTool, ...] = ()
+    output_format: int = common_pb2.FILE_FORMAT_UNSPECIFIED  # set: the answer is rendered into a file
+    output_template: str = ""
 
     def fingerprint(self) -> str:
         return fingerprint(self.session_id, self.user, self.message, str(self.request_type), self.model_hint)
+
+    def continuation(self) -> dict[str, Any]:
+        """What a SubmitToolResults needs of this turn's settings."""
+        return {"request_type": self.request_type, "priority": self.priority, "model_hint": self.model_hint,
+                "max_output_tokens": self.max_output_tokens, "use_tools": self.use_tools,
+                "tool_choice": self.tool_choice, "client_tools": [t.to_doc() for t in self.client_tools],
+                "output_format": self.output_format, "output_template": self.output_template}
+
+    @classmethod
+    def continued(cls, session: Session, question: str, saved: dict[str, Any]) -> TurnInput:
+        return cls(session.id, session.user, question, saved["request_type"], saved["priority"],
+                   saved["model_hint"], saved["max_output_tokens"], use_memory=False, use_tools=saved["use_tools"],
+                   tool_choice=saved["tool_choice"],
+                   client_tools=tuple(ClientTool.from_doc(t) for t in saved["client_tools"]),
+                   output_format=saved.get("output_format", 0), output_template=saved.get("output_template", ""))
 
 
 @dataclass(slots=True)
@@ -58,6 +110,10 @@ class TurnResult:
     finish_reason: int
     replay: bool = False
     route: dict[str, str] = field(default_factory=dict)
+    status: str = COMPLETED  # or REQUIRES_ACTION: ``pending`` lists the caller's calls to answer
+    pending: list[dict[str, str]] = field(default_factory=list)
+    # REQUIRES_ACTION: what the session keeps for SubmitToolResults (not part of the answer)
+    pending_doc: dict[str, Any] | None = None
 
     @property
     def usage(self) -> TokenUsage:
@@ -65,12 +121,14 @@ class TurnResult:
 
     def to_record(self) -> dict[str, Any]:
         return {"session_id": self.session_id, "user_message_id": self.user_message_id,
-                "answer": self.answer.to_doc(), "finish_reason": self.finish_reason, "route": self.route}
+                "answer": self.answer.to_doc(), "finish_reason": self.finish_reason, "route": self.route,
+                "status": self.status, "pending": self.pending}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> TurnResult:
         return cls(record["session_id"], record["user_message_id"], StoredMessage.from_doc(record["answer"]),
-                   record["finish_reason"], replay=True, route=record.get("route", {}))
+                   record["finish_reason"], replay=True, route=record.get("route", {}),
+                   status=record.get("status", COMPLETED), pending=record.get("pending", []))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,20 +142,74 @@ class TextDelta:
     text: str
 
 
-TurnEvent = TurnStarted | TextDelta | TurnResult
+@dataclass(frozen=True, slots=True)
+class ToolStarted:
+    call: common_pb2.ToolCall
+    runs_on_caller: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFinished:
+    call: common_pb2.ToolCall
+    result: common_pb2.ToolResult
+
+
+TurnEvent = TurnStarted | TextDelta | ToolStarted | ToolFinished | TurnResult
+
+
+@dataclass(slots=True)
+class _Loop:
+    """A turn in progress: what the next model call reads, and what is persisted already."""
+
+    turn: TurnInput
+    question: StoredMessage
+    prompt: list[router_pb2.PromptMessage]
+    tools: TurnTools
+    memory_prompt: str
+    route: dict[str, str]
+    deadline: float  # time.monotonic() by which the loop must end
+    question_stored: bool = False
+    rounds: int = 0
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    unsaved: list[StoredMessage] = field(default_factory=list)  # results to persist with the next write
+    pending_id: str = ""  # a continued turn: the pending turn it took
+    resumed_at_round: int = 0
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """A checked SubmitToolResults, ready for admission and then :meth:`Conversation.resume`."""
+
+    session: Session
+    turn: TurnInput
+    pending: dict[str, Any]
+    results: list[common_pb2.ToolResult]
 
 
 class Conversation:
     def __init__(
         self, mongo: AsyncMongoClient, sessions: SessionStore, usage: UsageLedger, idempotency: IdempotencyStore,
         router: router_pb2_grpc.RouterStub, call_timeout: float,
+        on_registry: Callable[[str], None] = lambda revision: None,
+        recall: Recall | None = None, outbox: MemoryOutbox | None = None, tenants: TenantSettings | None = None,
+        *, toolbox: ToolBox, settings: GatewaySettings, files: FileRenderer,
     ) -> None:
+        self._files = files
+        self._toolbox = toolbox
+        self._settings = settings
+        self._tenants = tenants
+        self._recall = recall
+        self._outbox = outbox
         self._mongo = mongo
         self._sessions = sessions
         self._usage = usage
         self._idempotency = idempotency
         self._router = router
         self._call_timeout = call_timeout
+        self._on_registry = on_registry  # told the router's registry revision seen on each answer
 
     async def chat(self, identity: Identity, scope: Scope, turn: TurnInput) -> TurnResult:
         result: TurnResult | None = None
@@ -131,87 +243,339 @@ class Conversation:
                 await asyncio.shield(self._idempotency.release(identity.tenant, turn.idempotency_key))
 
     async def _run(self, identity: Identity, scope: Scope, turn: TurnInput, stream: bool) -> AsyncIterator[TurnEvent]:
-        if turn.session_id:
-            session = await self._sessions.get(scope, turn.session_id)
-        else:
-            session = SessionStore.new(identity.tenant, turn.user, title=turn.message[:80], metadata=turn.metadata)
+        switches = await self._tenants.get(identity.tenant) if self._tenants is not None else TenantSwitches()
+        # The session (with memories), the tenant's tools and the file template do not depend on each other.
+        (session, recollection), tools, _ = await asyncio.gather(
+            self._session_and_memories(identity, scope, turn, recall=turn.use_memory and switches.memory_recall),
+            self._tools(identity, turn),
+            self._check_file(identity, turn),
+        )
+        _refuse_if_pending(session)
         question = new_message("user", turn.message)
-        request = self._prompt(session, question, turn)
+        memory = recollection.prompt()
+        loop = _Loop(turn, question, self._history(session, memory), tools, memory, _memory_summary(recollection),
+                     self._loop_deadline())
+        loop.prompt.append(router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content=question.content))
         yield TurnStarted(session.id, question.id)
+        async for event in self._loop(identity, session, loop, stream, switches):
+            yield event
+
+    async def continuation(self, identity: Identity, scope: Scope, session_id: str,
+                           results: Sequence[common_pb2.ToolResult]) -> Continuation:
+        """SubmitToolResults checked against the session's pending turn (nothing is changed yet)."""
+        session = await self._sessions.get(scope, session_id)
+        pending = session.pending
+        if pending is None:
+            raise FailedPrecondition(f"no turn of session {session_id} waits for tool results; SubmitToolResults "
+                                     "answers a ChatResponse whose status was REQUIRES_ACTION")
+        if pending["expires_at"].replace(tzinfo=UTC) < datetime.now(UTC):
+            raise FailedPrecondition(f"the turn of session {session_id} waited for tool results until "
+                                     f"{pending['expires_at']:%Y-%m-%d %H:%M:%S} UTC and expired; send the "
+                                     "question again")
+        tools = {t["name"]: ClientTool.from_doc(t) for t in pending["turn"]["client_tools"]}
+        ordered = check_client_results(results, pending["calls"], tools)
+        turn = TurnInput.continued(session, pending["question"]["content"], pending["turn"])
+        return Continuation(session, turn, pending, ordered)
+
+    async def resume(self, identity: Identity, scope: Scope, continued: Continuation) -> TurnResult:
+        """Continue a turn with the caller's tool results: the same loop, from where it stopped."""
+        session, pending = continued.session, continued.pending
+        if not await self._sessions.claim_pending(scope, session.id, pending["id"], self._settings.
+                                                  tool_loop_timeout_seconds):
+            raise Aborted(f"another SubmitToolResults is continuing the turn of session {session.id}; wait for "
+                          "its answer")
+        switches = await self._tenants.get(identity.tenant) if self._tenants is not None else TenantSwitches()
+        question = StoredMessage.from_doc({**pending["question"], "role": "user"})
+        loop = _Loop(continued.turn, question, self._history(session, pending["memory_prompt"]),
+                     await self._tools(identity, continued.turn), pending["memory_prompt"], pending["route"],
+                     self._loop_deadline(), question_stored=True, rounds=pending["rounds"], pending_id=pending["id"],
+                     resumed_at_round=pending["rounds"])
+        for result in continued.results:
+            message = new_message("tool", model_view(result), tool_result=result_doc(result))
+            loop.unsaved.append(message)
+            loop.prompt.append(_prompt_message(message))
+            GATEWAY_TOOL_CALLS.labels("caller", "ok" if result.ok else result.error_code).inc()
+        result: TurnResult | None = None
         try:
-            final = None if stream else await self._complete(identity, request)
-            if stream:
-                async for item in self._stream(identity, request):
-                    if isinstance(item, str):
-                        yield TextDelta(item)
-                    else:
-                        final = item
-            if final is None:
-                raise Unavailable("the router ended the stream without a final answer; retry")
+            async for event in self._loop(identity, session, loop, False, switches):
+                if isinstance(event, TurnResult):
+                    result = event
+        except BaseException:
+            # The caller may submit again: nothing of this attempt was persisted but finished rounds.
+            await asyncio.shield(self._sessions.release_pending(scope, session.id, pending["id"]))
+            raise
+        assert result is not None, "a turn always ends with its result"
+        return result
+
+    async def _check_file(self, identity: Identity, turn: TurnInput) -> None:
+        if turn.output_format:
+            await self._files.check(identity, turn.output_format, turn.output_template)
+
+    async def _tools(self, identity: Identity, turn: TurnInput) -> TurnTools:
+        tools = await self._toolbox.for_turn(identity, turn.client_tools,
+                                             turn.use_tools and turn.tool_choice != "none")
+        tools.check_choice(turn.tool_choice)
+        return tools
+
+    def _loop_deadline(self) -> float:
+        return time.monotonic() + self._settings.tool_loop_timeout_seconds
+
+    async def _loop(
+        self, identity: Identity, session: Session, loop: _Loop, stream: bool, switches: TenantSwitches
+    ) -> AsyncIterator[TurnEvent]:
+        """Model ⇄ tools until an answer, the caller's tools, the last round, or the deadline."""
+        settings = self._settings
+        offered = loop.tools.model_tools()
+        try:
+            while True:
+                last_round = loop.rounds >= settings.tool_max_rounds
+                request = self._request(loop, offered, tools_off=last_round)
+                final = None
+                if stream:
+                    async for item in self._stream(identity, request, loop.remaining()):
+                        if isinstance(item, str):
+                            yield TextDelta(item)
+                        else:
+                            final = item
+                else:
+                    final = await self._complete(identity, request, loop.remaining())
+                if final is None:
+                    raise Unavailable("the router ended the stream without a final answer; retry")
+                loop.usage += TokenUsage(final.usage.input_tokens, final.usage.output_tokens,
+                                         final.usage.cost_micro_usd)
+                if not final.tool_calls:
+                    break
+                if last_round:
+                    # Offered no tools, the model called some all the same: the loop ends here, and says so.
+                    TOOL_LOOPS.labels("max_rounds").inc()
+                    loop.route["tool_loop"] = "max_rounds"
+                    final.text = (f"I stopped after {loop.rounds} rounds of tool calls without reaching an answer "
+                                  f"(the model kept asking for {', '.join(sorted({c.name for c in final.tool_calls}))}"
+                                  "). Try a narrower question.")
+                    break
+                calls = _numbered(final.tool_calls, loop.rounds)
+                asking = new_message("assistant", final.text, model=final.model,
+                                     tool_calls=[{"id": c.id, "name": c.name, "arguments_json": c.arguments_json}
+                                                 for c in calls])
+                for call in calls:
+                    yield ToolStarted(call, call.name in loop.tools.client)
+                theirs = [c for c in calls if c.name in loop.tools.client]
+                ours = [c for c in calls if c.name not in loop.tools.client]
+                results: dict[str, common_pb2.ToolResult] = {}
+                for finished in self._invoke(identity, session, loop, ours):
+                    call, result = await finished
+                    results[call.id] = result
+                    yield ToolFinished(call, result)
+                answered = [new_message("tool", model_view(results[c.id]), tool_result=result_doc(results[c.id]))
+                            for c in ours]
+                loop.rounds += 1
+                if theirs:
+                    yield await self._wait_for_caller(identity, session, loop, asking, answered, theirs, final)
+                    return
+                loop.unsaved += [asking, *answered]
+                loop.prompt += [_prompt_message(asking), *(_prompt_message(m) for m in answered)]
         except BaseException as exc:
             # The turn failed (model down, deadline, caller gone): the question is persisted all the same.
-            await asyncio.shield(self._persist_question(session, question))
+            # A continuation that did no round yet keeps its turn pending: the caller may submit again.
+            if not (loop.pending_id and loop.rounds == loop.resumed_at_round):
+                await asyncio.shield(self._persist_failed(session, loop, switches.message_memory))
             outcome = exc.code.name if isinstance(exc, MoteurError) else type(exc).__name__
-            CHAT_TURNS.labels(turn.model_hint or "default", outcome).inc()
+            CHAT_TURNS.labels(loop.turn.model_hint or "default", outcome).inc()
+            if offered:
+                TOOL_LOOPS.labels("failed").inc()
             raise
-        usage = TokenUsage(final.usage.input_tokens, final.usage.output_tokens, final.usage.cost_micro_usd)
-        answer = new_message("assistant", final.text, model=final.model, usage=usage.as_dict())
-        result = TurnResult(
-            session.id, question.id, answer, final.finish_reason,
-            route={"route": final.route, "attempts": ",".join(final.attempts),
-                   "dropped_messages": str(final.dropped_messages)},
+        yield await self._answer(identity, session, loop, final, switches)
+
+    def _invoke(self, identity: Identity, session: Session, loop: _Loop,
+                calls: Sequence[common_pb2.ToolCall]) -> list[asyncio.Future[Any]]:
+        return self._toolbox.invoke_all(identity, session.id, session.user, calls, loop.tools,
+                                        min(loop.remaining(), outgoing_timeout(self._call_timeout)),
+                                        self._settings.tool_max_parallel)
+
+    def _request(self, loop: _Loop, offered: list[router_pb2.ModelTool], tools_off: bool) -> router_pb2.CompleteRequest:
+        turn = loop.turn
+        request = router_pb2.CompleteRequest(
+            messages=loop.prompt, request_type=turn.request_type, model_hint=turn.model_hint,
+            max_output_tokens=turn.max_output_tokens,
         )
+        if offered and not tools_off:
+            request.tools.extend(offered)
+            # A named or required tool is forced once: after its result, the model answers freely.
+            request.tool_choice = turn.tool_choice if loop.rounds == 0 or turn.tool_choice == "none" else ""
+        return request
+
+    async def _persist_round(self, identity: Identity, session: Session, loop: _Loop,
+                             messages: list[StoredMessage], pending: TurnResult | None = None) -> None:
+        """One round of tool calls and results (with the question, the first time) in one write; a round
+        that waits for the caller also records its usage and its idempotent answer."""
+        stored = [*([] if loop.question_stored else [loop.question]), *loop.unsaved, *messages]
+        writes: list[Any] = list(self._sessions.turn_writes(session, stored, pending and pending.pending_doc))
+        if pending is not None:
+            writes.append(self._usage.record_write(identity, session.user, session.id, messages[0].model, loop.usage))
+            if loop.turn.idempotency_key:
+                writes.append(self._idempotency.complete_write(identity.tenant, loop.turn.idempotency_key,
+                                                               pending.to_record()))
+        await write_together(self._mongo, writes)
+        session.stored, session.pending = True, pending and pending.pending_doc
+        loop.question_stored, loop.unsaved = True, []
+
+    async def _wait_for_caller(
+        self, identity: Identity, session: Session, loop: _Loop, asking: StoredMessage,
+        answered: list[StoredMessage], theirs: list[common_pb2.ToolCall], final: router_pb2.CompleteResponse,
+    ) -> TurnResult:
+        """Persist the round and what its continuation needs; answer REQUIRES_ACTION."""
+        asking.usage = loop.usage.as_dict()
+        route = {**loop.route, **_route_summary(final), "tool_rounds": str(loop.rounds), "tools": loop.tools.status}
+        calls = [{"id": c.id, "name": c.name, "arguments_json": c.arguments_json} for c in theirs]
+        expires = datetime.now(UTC) + timedelta(seconds=self._settings.tool_results_wait_seconds)
+        result = TurnResult(session.id, loop.question.id, asking, common_pb2.FINISH_REASON_TOOL_CALLS, route=route,
+                            status=REQUIRES_ACTION, pending=calls)
+        result.pending_doc = {
+            "id": asking.id, "calls": calls, "rounds": loop.rounds, "expires_at": expires,
+            "lease_until": datetime.now(UTC), "memory_prompt": loop.memory_prompt, "route": loop.route,
+            "question": {"_id": loop.question.id, "content": loop.question.content,
+                         "created_at": loop.question.created_at},
+            "turn": loop.turn.continuation(),
+        }
+        await self._persist_round(identity, session, loop, [asking, *answered], result)
+        TOOL_LOOPS.labels("requires_action").inc()
+        TOOL_ROUNDS.observe(loop.rounds)
+        log.info("chat.requires_action", session_id=session.id, calls=[c.name for c in theirs], rounds=loop.rounds)
+        return result
+
+    async def _answer(self, identity: Identity, session: Session, loop: _Loop, final: router_pb2.CompleteResponse,
+                      switches: TenantSwitches) -> TurnResult:
+        turn, question, usage = loop.turn, loop.question, loop.usage
+        answer = new_message("assistant", final.text, model=final.model, usage=usage.as_dict())
+        route = {**_route_summary(final), **loop.route}
+        if loop.tools.status != "off":
+            route |= {"tools": loop.tools.status, "tool_rounds": str(loop.rounds)}
+        unrendered = await self._render(identity, session, loop, answer, route)
+        result = TurnResult(session.id, question.id, answer, final.finish_reason, route=route)
         # Question, answer, session window, usage and idempotency record: one round trip to the store.
+        fresh = [*([] if loop.question_stored else [question]), *loop.unsaved, answer]
         writes = [
-            *self._sessions.turn_writes(session, [question, answer]),
+            *self._sessions.turn_writes(session, fresh),
             self._usage.record_write(identity, session.user, session.id, final.model, usage),
         ]
         if turn.idempotency_key:
             writes.append(self._idempotency.complete_write(identity.tenant, turn.idempotency_key, result.to_record()))
+        outbox = self._outbox if switches.message_memory else None
+        if outbox is not None:
+            extract = turn.use_memory and switches.fact_extraction
+            writes.extend(outbox.writes(session, [question, answer], extract=extract))
         await write_together(self._mongo, writes)
+        if outbox is not None:
+            outbox.written()
+        if loop.tools.status == "offered":
+            TOOL_LOOPS.labels("answered" if "tool_loop" not in loop.route else "max_rounds").inc()
+            TOOL_ROUNDS.observe(loop.rounds)
         CHAT_TURNS.labels(final.model, "ok").inc()
         CHAT_TOKENS.labels(final.model, "input").inc(usage.input_tokens)
         CHAT_TOKENS.labels(final.model, "output").inc(usage.output_tokens)
         log.info("chat.turn", session_id=session.id, model=final.model, input_tokens=usage.input_tokens,
-                 output_tokens=usage.output_tokens, dropped_messages=final.dropped_messages)
-        yield result
+                 output_tokens=usage.output_tokens, dropped_messages=final.dropped_messages, tool_rounds=loop.rounds)
+        if unrendered is not None:
+            raise RenderFailed(unrendered, session.id, answer.id)
+        return result
 
-    async def _persist_question(self, session: Session, question: StoredMessage) -> None:
+    async def _render(self, identity: Identity, session: Session, loop: _Loop, answer: StoredMessage,
+                      route: dict[str, str]) -> MoteurError | None:
+        """The answer into the file the turn asked for; the failure, if any, to raise once it is persisted."""
+        turn = loop.turn
+        if not turn.output_format:
+            return None
+        request = files_pb2.RenderRequest(format=turn.output_format, template=turn.output_template,
+                                          markdown=answer.content, title=_title(loop.question.content),
+                                          user_id=session.user, session_id=session.id)
         try:
-            await write_together(self._mongo, self._sessions.turn_writes(session, [question]))
+            info = await self._files.render(identity, request)
+        except MoteurError as exc:
+            return exc
+        answer.file = file_ref(info)
+        if info.note:
+            route["file_note"] = info.note
+        return None
+
+    async def _persist_failed(self, session: Session, loop: _Loop, to_memory: bool) -> None:
+        """A failed turn's question (unless stored) and the rounds it did, in one write."""
+        question = [] if loop.question_stored else [loop.question]
+        if not question and not loop.unsaved:
+            return
+        try:
+            outbox = self._outbox.writes(session, question) if self._outbox is not None and to_memory else []
+            await write_together(self._mongo, [*self._sessions.turn_writes(session, [*question, *loop.unsaved]),
+                                               *outbox])
+            if self._outbox is not None:
+                self._outbox.written()
         except Exception:
-            log.exception("chat.question_not_persisted", session_id=session.id, message_id=question.id)
+            log.exception("chat.question_not_persisted", session_id=session.id, message_id=loop.question.id)
 
-    def _prompt(self, session: Session, question: StoredMessage, turn: TurnInput) -> router_pb2.CompleteRequest:
-        history = [
-            router_pb2.PromptMessage(role=_PROMPT_ROLES[m.role], content=m.content)
-            for m in session.recent if m.role in _PROMPT_ROLES
-        ]
-        history.append(router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content=question.content))
-        return router_pb2.CompleteRequest(
-            messages=history, request_type=turn.request_type, model_hint=turn.model_hint,
-            max_output_tokens=turn.max_output_tokens,
-        )
+    async def forget_session(self, tenant: str, session_id: str) -> None:
+        """A deleted session's messages leave memory as well (through the outbox)."""
+        if self._outbox is not None:
+            await self._outbox.forget_session(tenant, session_id)
 
-    def _call_options(self, identity: Identity) -> dict[str, Any]:
-        return {"metadata": mesh_metadata(identity), "timeout": outgoing_timeout(self._call_timeout)}
+    async def forget_user(self, tenant: str, user: str) -> None:
+        """A forgotten user's messages still waiting in the outbox never reach memory."""
+        if self._outbox is not None:
+            await self._outbox.forget_user(tenant, user)
 
-    async def _complete(self, identity: Identity, request: router_pb2.CompleteRequest) -> router_pb2.CompleteResponse:
+    async def _session_and_memories(
+        self, identity: Identity, scope: Scope, turn: TurnInput, recall: bool
+    ) -> tuple[Session, Recollection]:
+        """The session (read, or new) and what memory recalls of its user for the question; the two are
+        fetched side by side when the user is known before the session is read."""
+        recalling = self._recall is not None and recall
+        early = self._recall.search(identity, turn.user, turn.message) if recalling and turn.user else None
+        if turn.session_id:
+            if early is not None:
+                session, recollection = await asyncio.gather(self._sessions.get(scope, turn.session_id), early)
+            else:
+                session, recollection = await self._sessions.get(scope, turn.session_id), OFF
+        else:
+            session = SessionStore.new(identity.tenant, turn.user, title=turn.message[:80], metadata=turn.metadata)
+            recollection = await early if early is not None else OFF
+        if self._recall is None or not recalling or not session.user:
+            return session, OFF  # memories are a user's: a turn without one recalls nothing
+        if early is None:
+            recollection = await self._recall.search(identity, session.user, turn.message)
+        return session, self._recall.fit(recollection, {m.id for m in session.recent})
+
+    @staticmethod
+    def _history(session: Session, memory: str) -> list[router_pb2.PromptMessage]:
+        """The prompt before this turn's question: recalled memories, then the session's recent messages."""
+        history = [router_pb2.PromptMessage(role=common_pb2.ROLE_SYSTEM, content=memory)] if memory else []
+        return history + [_prompt_message(m) for m in session.recent if m.role in _PROMPT_ROLES]
+
+    def _call_options(self, identity: Identity, remaining: float) -> dict[str, Any]:
+        if remaining <= 0:
+            raise DeadlineExceeded(f"the turn used its {self._settings.tool_loop_timeout_seconds:g} s for model and "
+                                   "tool calls (MOTEUR_TOOL_LOOP_TIMEOUT_SECONDS); ask a narrower question")
+        timeout = min(outgoing_timeout(self._call_timeout), remaining)
+        return {"metadata": mesh_metadata(identity), "timeout": timeout}
+
+    async def _complete(
+        self, identity: Identity, request: router_pb2.CompleteRequest, remaining: float
+    ) -> router_pb2.CompleteResponse:
         try:
             async for attempt in reconnecting():
                 with attempt:
-                    return await self._router.Complete(request, **self._call_options(identity))
+                    call = self._router.Complete(request, **self._call_options(identity, remaining))
+                    response = await call
+                    self._on_registry(metadata_value(await call.trailing_metadata(), MODELS_REVISION_HEADER))
+                    return response
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, "router") from exc
         raise AssertionError("unreachable: reconnecting() re-raises its last error")
 
     async def _stream(
-        self, identity: Identity, request: router_pb2.CompleteRequest
+        self, identity: Identity, request: router_pb2.CompleteRequest, remaining: float
     ) -> AsyncIterator[str | router_pb2.CompleteResponse]:
         try:
             async for attempt in reconnecting():
                 with attempt:
-                    call = self._router.StreamComplete(request, **self._call_options(identity))
+                    call = self._router.StreamComplete(request, **self._call_options(identity, remaining))
                     await call.wait_for_connection()
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, "router") from exc
@@ -221,7 +585,61 @@ class Conversation:
                     yield event.delta.text
                 else:
                     yield event.final
+            self._on_registry(metadata_value(await call.trailing_metadata(), MODELS_REVISION_HEADER))
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, "router") from exc
         finally:
             call.cancel()
+
+
+def _title(question: str) -> str:
+    """A file's title (and name) from the question: its first line, as far as a word boundary near 80."""
+    line = next((text.strip() for text in question.splitlines() if text.strip()), "answer")
+    return line if len(line) <= 80 else line[:80].rsplit(" ", 1)[0]
+
+
+def _refuse_if_pending(session: Session) -> None:
+    pending = session.pending
+    if pending is not None and pending["expires_at"].replace(tzinfo=UTC) > datetime.now(UTC):
+        calls = ", ".join(c["id"] for c in pending["calls"])
+        raise FailedPrecondition(f"session {session.id} has a turn waiting for the results of tool call(s) "
+                                 f"{calls}: send them with SubmitToolResults first")
+
+
+def _numbered(calls: Sequence[common_pb2.ToolCall], round_: int) -> list[common_pb2.ToolCall]:
+    """The model's calls with ids unique in the session (some models give none, or repeat them)."""
+    seen: set[str] = set()
+    numbered = []
+    for n, call in enumerate(calls):
+        call_id = call.id if call.id and call.id not in seen else f"call_{round_}_{n}"
+        seen.add(call_id)
+        numbered.append(common_pb2.ToolCall(id=call_id, name=call.name, arguments_json=call.arguments_json))
+    return numbered
+
+
+def _prompt_message(message: StoredMessage) -> router_pb2.PromptMessage:
+    prompt = router_pb2.PromptMessage(role=_PROMPT_ROLES[message.role], content=message.content)
+    if message.tool_calls:
+        prompt.tool_calls.extend(common_pb2.ToolCall(**c) for c in message.tool_calls)
+    if message.tool_result:
+        prompt.tool_call_id = message.tool_result["call_id"]
+    return prompt
+
+
+def _memory_summary(recollection: Recollection) -> dict[str, str]:
+    """Whether memory was asked, and which memories went into the prompt."""
+    summary = {"memory": recollection.status}
+    if recollection.memories:
+        summary["memories"] = ",".join(m.memory_id for m in recollection.memories)
+    return summary
+
+
+def _route_summary(final: router_pb2.CompleteResponse) -> dict[str, str]:
+    """How the router answered, for the response's route metadata."""
+    summary = {"route": final.route, "route_decision": final.route_decision, "attempts": ",".join(final.attempts),
+               "dropped_messages": str(final.dropped_messages)}
+    if final.route_decision == "classifier":
+        summary["route_score"] = f"{final.route_score:.3f}"
+        type_name = common_pb2.RequestType.Name(final.classified_as)
+        summary["classified_as"] = type_name.removeprefix("REQUEST_TYPE_").lower()
+    return summary

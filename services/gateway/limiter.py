@@ -3,7 +3,8 @@
 The Lua script (``limiter.lua``) checks every limit of every scope (key, user, tenant) and charges
 them only if all pass, so concurrent replicas can never admit more than a limit allows. Tokens are
 reserved from an estimate at admission and settled with the real usage (or released on failure);
-concurrency slots are leases that expire on their own if a gateway dies mid-call.
+concurrency slots are short leases renewed while the call runs, so a gateway that dies mid-call frees its
+slots within one lease.
 
 When Redis is unreachable the tier decides: ``fail_closed`` answers UNAVAILABLE; ``fail_open`` admits
 through a per-replica in-memory limiter with the same limits (so a fleet of N replicas lets up to N
@@ -12,6 +13,7 @@ times the limit through until Redis is back).
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import math
 import time
@@ -28,11 +30,14 @@ from moteur.gateway.metrics import LIMITER_DECISIONS, LIMITER_FALLBACKS
 from moteur.runtime.errors import QuotaViolation, ResourceExhausted, Unavailable
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import new_id
+from moteur.runtime.tasks import cancel_and_wait
 
 log = structlog.get_logger("moteur.gateway.limiter")
 _SCRIPT = (Path(__file__).with_name("limiter.lua")).read_text()
-_KINDS = ("req", "tok", "conc", "day", "month", "cost")
-QUOTA_NAMES = ("tokens_per_day", "tokens_per_month", "cost_micro_usd_per_month")
+QUOTA_NAMES = ("tokens_per_day", "tokens_per_month", "cost_micro_usd_per_month", "cost_micro_usd_per_day")
+_DAILY = ("tokens_per_day", "cost_micro_usd_per_day")
+TYPICAL_CALL_SECONDS = 1.0  # a tenant's call time before any of its calls ended (concurrency RetryInfo)
+_TYPICAL_WEIGHT = 0.2  # of each new call in the tenant's moving average
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,15 +64,21 @@ class Budget:
         return pairs
 
 
+def _lease_id() -> str:
+    """``<admitted at, ms>:<id>``: the script reads when a call started from its lease."""
+    return f"{int(time.time() * 1000)}:{new_id()}"
+
+
 @dataclass(slots=True)
 class Admission:
     scopes: list[LimitScope]
     limits: list[LimitSet]
     reserved_tokens: int
-    lease_id: str = field(default_factory=new_id)
+    lease_id: str = field(default_factory=_lease_id)
     budget: Budget = field(default_factory=Budget)
     local: bool = False  # admitted by the per-replica fallback while Redis was down
     settled: bool = False
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +100,15 @@ def _period_ttls(now: datetime) -> tuple[int, int, str, str]:
 
 
 class RateLimiter:
-    def __init__(self, client: aioredis.Redis, catalog: LimitsCatalog, lease_seconds: float = 600.0) -> None:
+    def __init__(self, client: aioredis.Redis, catalog: LimitsCatalog, lease_seconds: float = 30.0) -> None:
         self._redis = client
         self._script = client.register_script(_SCRIPT)
         self._catalog = catalog
-        self._lease_ms = int(lease_seconds * 1000)
+        self._lease_seconds = lease_seconds
         self._local = LocalLimiter()
+        self._typical_call: dict[str, float] = {}  # tenant -> moving average of its call times (s)
+        self._held: dict[str, Admission] = {}  # lease id -> a call holding concurrency slots, renewed
+        self._renewer: asyncio.Task[None] | None = None  # one for every call, started by the first
 
     async def admit(self, identity: Identity, user: str, tokens: int) -> Admission:
         scopes = scopes_of(identity, user)
@@ -106,20 +120,19 @@ class RateLimiter:
             return self._fallback(identity, admission, exc)
         if reply[0] == 1:
             LIMITER_DECISIONS.labels("admitted").inc()
-            admission.budget = Budget(
-                limit_requests=_tightest(limits, "requests_per_minute"), remaining_requests=int(reply[1]),
-                reset_requests_ms=int(reply[3]), limit_tokens=_tightest(limits, "tokens_per_minute"),
-                remaining_tokens=int(reply[2]), reset_tokens_ms=int(reply[4]),
-            )
+            admission.budget = _budget(limits, reply[1:5])
+            if any(x.concurrent_requests for x in limits):
+                self._hold(admission)
             return admission
-        _, index, limit_name, retry_ms, limit_value = reply
+        _, index, limit_name, retry_ms, limit_value = reply[:5]
         name, scope = _text(limit_name), scopes[int(index)]
         LIMITER_DECISIONS.labels(f"refused:{name}").inc()
         refusal = _refusal(scope, name, int(retry_ms), int(limit_value), tokens)
+        refusal.metadata = _budget(limits, reply[5:9]).as_metadata()  # a refusal tells the budget too
         if name in QUOTA_NAMES:  # a quota that refuses work is at 100 % for alerting, crossed or not
             _, _, day, month = _period_ttls(datetime.now(UTC))
             refusal.quota_use = QuotaUse(scope, name, int(limit_value), int(limit_value),
-                                         day if name == "tokens_per_day" else month)
+                                         day if name in _DAILY else month)
         raise refusal
 
     async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> list[QuotaUse]:
@@ -127,6 +140,8 @@ class RateLimiter:
         if admission.settled:
             return []
         admission.settled = True
+        self._held.pop(admission.lease_id, None)
+        self._record_call_time(admission)
         if admission.local:
             self._local.release(admission)
             return []
@@ -137,12 +152,42 @@ class RateLimiter:
             return []
         _, _, day, month = _period_ttls(datetime.now(UTC))
         uses = []
+        n = len(QUOTA_NAMES)
         for i, (scope, limits) in enumerate(zip(admission.scopes, admission.limits, strict=True)):
-            values = [int(v) for v in reply[1 + 3 * i: 4 + 3 * i]]
-            for name, used, period in zip(QUOTA_NAMES, values, (day, month, month), strict=True):
+            values = [int(v) for v in reply[1 + n * i: 1 + n * (i + 1)]]
+            for name, used in zip(QUOTA_NAMES, values, strict=True):
                 if getattr(limits, name) > 0:
-                    uses.append(QuotaUse(scope, name, used, getattr(limits, name), period))
+                    uses.append(QuotaUse(scope, name, used, getattr(limits, name), day if name in _DAILY else month))
         return uses
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._renewer)
+
+    def _hold(self, admission: Admission) -> None:
+        self._held[admission.lease_id] = admission
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew_held(), name="lease-renewal")
+
+    async def _renew_held(self) -> None:
+        """Every third of a lease, renew the leases of the calls still running (a dead gateway stops)."""
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            for admission in list(self._held.values()):
+                if admission.settled:
+                    continue
+                try:
+                    await self._run("renew", admission, 0, cost=0)
+                except redis.exceptions.RedisError as exc:  # the next round may reach it: a lease is 3 rounds
+                    log.warning("limiter.renew_failed", error=str(exc))
+                    break
+
+    def _typical_call_seconds(self, tenant: str) -> float:
+        return self._typical_call.get(tenant, TYPICAL_CALL_SECONDS)
+
+    def _record_call_time(self, admission: Admission) -> None:
+        tenant = admission.scopes[-1].tenant
+        before = self._typical_call_seconds(tenant)
+        self._typical_call[tenant] = before + _TYPICAL_WEIGHT * (time.monotonic() - admission.started - before)
 
     async def release(self, admission: Admission) -> None:
         """A call that failed: give its token reservation back and free its slot."""
@@ -150,14 +195,16 @@ class RateLimiter:
 
     async def _run(self, op: str, admission: Admission, tokens: int, cost: int) -> list[object]:
         day_ttl, month_ttl, day, month = _period_ttls(datetime.now(UTC))
-        keys, args = [], [op, len(admission.scopes), tokens, admission.lease_id, self._lease_ms, day_ttl,
-                          month_ttl, cost]
+        typical_ms = int(self._typical_call_seconds(admission.scopes[-1].tenant) * 1000)
+        keys, args = [], [op, len(admission.scopes), tokens, admission.lease_id, int(self._lease_seconds * 1000),
+                          day_ttl, month_ttl, cost, typical_ms]
         for scope, limits in zip(admission.scopes, admission.limits, strict=True):
             base = f"rl:{{{scope.tenant}}}:{scope.name}"  # {tenant}: one hash slot in Redis Cluster
             keys += [f"{base}:req", f"{base}:tok", f"{base}:conc", f"{base}:day:{day}", f"{base}:month:{month}",
-                     f"{base}:cost:{month}"]
+                     f"{base}:cost:{month}", f"{base}:cost:{day}"]
             args += [limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent_requests,
-                     limits.tokens_per_day, limits.tokens_per_month, limits.cost_micro_usd_per_month]
+                     limits.tokens_per_day, limits.tokens_per_month, limits.cost_micro_usd_per_month,
+                     limits.cost_micro_usd_per_day]
         return await self._script(keys=keys, args=args)
 
     def _fallback(self, identity: Identity, admission: Admission, exc: Exception) -> Admission:
@@ -168,9 +215,18 @@ class RateLimiter:
             raise Unavailable(
                 f"the limits store (Redis) is unreachable and tier {identity.tier!r} fails closed; retry shortly"
             )
-        self._local.admit(admission)
+        self._local.admit(admission, self._typical_call_seconds(identity.tenant))
         admission.local = True
         return admission
+
+
+def _budget(limits: list[LimitSet], reply: list[object]) -> Budget:
+    remaining_requests, remaining_tokens, reset_requests_ms, reset_tokens_ms = (int(v) for v in reply)  # type: ignore[call-overload]
+    return Budget(
+        limit_requests=_tightest(limits, "requests_per_minute"), remaining_requests=remaining_requests,
+        reset_requests_ms=reset_requests_ms, limit_tokens=_tightest(limits, "tokens_per_minute"),
+        remaining_tokens=remaining_tokens, reset_tokens_ms=reset_tokens_ms,
+    )
 
 
 def _tightest(limits: list[LimitSet], name: str) -> int:
@@ -206,7 +262,7 @@ class LocalLimiter:
         self._tats: dict[str, float] = {}
         self._in_flight: dict[str, int] = {}
 
-    def admit(self, admission: Admission) -> None:
+    def admit(self, admission: Admission, typical_call_seconds: float) -> None:
         now = time.monotonic() * 1000
         charges: list[tuple[str, float]] = []
         for scope, limits in zip(admission.scopes, admission.limits, strict=True):
@@ -223,7 +279,9 @@ class LocalLimiter:
                 charges.append((key, tat))
             slots = f"{scope.tenant}:{scope.name}"
             if limits.concurrent_requests and self._in_flight.get(slots, 0) >= limits.concurrent_requests:
-                raise _refusal(scope, "concurrent_requests", 1000, limits.concurrent_requests, 0)
+                # without the calls' start times here, a slot is expected within half a typical call
+                retry_ms = max(50, round(typical_call_seconds * 500))
+                raise _refusal(scope, "concurrent_requests", retry_ms, limits.concurrent_requests, 0)
         for key, tat in charges:
             self._tats[key] = tat
         for scope in admission.scopes:

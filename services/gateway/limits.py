@@ -6,12 +6,12 @@ override is a whole new set, so reading it back says exactly what is enforced. 0
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
+from cachetools import TTLCache
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -32,6 +32,7 @@ class LimitSet(BaseModel):
     tokens_per_day: int = Field(0, ge=0, le=10**13)
     tokens_per_month: int = Field(0, ge=0, le=10**14)
     cost_micro_usd_per_month: int = Field(0, ge=0, le=10**15)
+    cost_micro_usd_per_day: int = Field(0, ge=0, le=10**14)
 
 
 class Tier(BaseModel):
@@ -85,8 +86,7 @@ class LimitsCatalog:
     def __init__(self, tiers: TiersConfig, db: AsyncDatabase, cache_seconds: float = 2.0) -> None:
         self.tiers = tiers
         self._overrides = db["limit_overrides"]
-        self._cache_seconds = cache_seconds
-        self._cache: dict[tuple[str, str], tuple[float, LimitSet | None]] = {}
+        self._cache: TTLCache[tuple[str, str], LimitSet | None] = TTLCache(maxsize=100_000, ttl=cache_seconds)
 
     def tier(self, name: str) -> Tier:
         # A key whose tier was removed from the file gets the most restrictive one rather than none.
@@ -109,11 +109,9 @@ class LimitsCatalog:
 
     async def _override(self, scope: LimitScope) -> LimitSet | None:
         cache_key = (scope.tenant, scope.name)
-        now = time.monotonic()
-        cached = self._cache.get(cache_key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cache_key in self._cache:
+            return self._cache[cache_key]
         doc = await self._overrides.find_one({"_id": f"{scope.tenant}\x1f{scope.name}"})
         value = None if doc is None else LimitSet(**{k: doc[k] for k in LimitSet.model_fields if k in doc})
-        self._cache[cache_key] = (now + self._cache_seconds, value)
+        self._cache[cache_key] = value
         return value

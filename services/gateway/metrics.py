@@ -33,8 +33,44 @@ QUEUE_WAIT = Histogram(
 QUEUE_SHED = Counter(
     "moteur_queue_shed_total", "Turns refused or evicted by the queue, by level and reason.", ["level", "reason"]
 )
+DISPATCH_CAPACITY = Gauge(
+    "moteur_dispatch_capacity", "Turns this replica dispatches to the models at once, per pool.", ["pool"]
+)
 QUEUE_EXPIRED = Counter("moteur_queue_expired_total", "Turns whose deadline passed while queued.", ["level"])
+
+OUTBOX_BACKLOG = Gauge("moteur_memory_outbox_backlog", "Chat messages persisted but not yet stored in memory.")
+OUTBOX_DELIVERED = Counter("moteur_memory_outbox_delivered_total", "Chat messages stored in memory by the relay.")
+OUTBOX_FAILURES = Counter("moteur_memory_outbox_failures_total", "Relay attempts that failed (memory or Milvus down).")
+OUTBOX_DEAD_LETTERS = Counter(
+    "moteur_memory_outbox_dead_letters_total",
+    "Outbox entries memory refused for good, moved to memory_outbox_dead, by reason (the gRPC code, or malformed).",
+    ["reason"],
+)
+RECALLS = Counter("moteur_memory_recalls_total", "Chat turns that asked memory for recall, by outcome.", ["outcome"])
 
 ADMISSIONS = Counter(
     "moteur_admissions_total", "Chat turns admitted or rejected at the front door, per tenant.", ["tenant", "decision"]
+)
+
+TOOL_LOOPS = Counter(
+    "moteur_tool_loop_turns_total",
+    "Chat turns that offered tools, by how their loop ended: answered, requires_action, max_rounds, failed.",
+    ["outcome"],
+)
+TOOL_ROUNDS = Histogram(
+    "moteur_tool_loop_rounds", "Rounds of tool calls in one chat turn (or one SubmitToolResults).",
+    buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16),
+)
+GATEWAY_TOOL_CALLS = Counter(
+    "moteur_gateway_tool_calls_total", "Tool calls the models asked for, by where they run and their outcome.",
+    ["runs_on", "outcome"],
+)
+TOOL_LISTINGS = Counter(
+    "moteur_tool_listings_total", "Reads of a tenant's tools from the tools service: fetched, unavailable.",
+    ["outcome"],
+)
+
+CHAT_FILES = Counter(
+    "moteur_chat_files_total", "Chat answers rendered into files, by format and outcome (ok or the gRPC code).",
+    ["format", "outcome"],
 )

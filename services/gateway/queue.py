@@ -23,6 +23,10 @@ from moteur.gateway.metrics import QUEUE_DEPTH, QUEUE_EXPIRED, QUEUE_SHED, QUEUE
 from moteur.runtime.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
 LEVELS = ("critical", "high", "normal", "low", "batch")  # index = dispatch order
+# Every level is exported from the start, at 0: dashboards and the autoscaler see the series before a
+# turn ever waits.
+for _level in LEVELS:
+    QUEUE_DEPTH.labels(_level)
 
 
 @dataclass(eq=False)
@@ -114,6 +118,13 @@ class AdmissionQueue:
         self.in_flight -= 1
         if started is not None:
             self._service_seconds = 0.9 * self._service_seconds + 0.1 * (time.monotonic() - started)
+        self._dispatch()
+
+    def resize(self, capacity: int, critical_reserve: int) -> None:
+        """New downstream capacity (the registry changed): turns in flight finish, waiters fill new room."""
+        if not 0 <= critical_reserve < capacity:
+            raise ValueError("critical_reserve must leave at least one slot for other levels")
+        self.capacity, self.critical_reserve = capacity, critical_reserve
         self._dispatch()
 
     def drain(self) -> int:

@@ -5,22 +5,53 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import ValidationError
 
 from moteur.gateway import validation as check
 from moteur.gateway.admission import AdmissionControl, estimate_tokens
 from moteur.gateway.auth import ApiKeyStore, Authenticator
-from moteur.gateway.conversation import Conversation, TextDelta, TurnInput, TurnResult, TurnStarted
+from moteur.gateway.conversation import (
+    REQUIRES_ACTION,
+    Conversation,
+    TextDelta,
+    ToolFinished,
+    ToolStarted,
+    TurnEvent,
+    TurnInput,
+    TurnResult,
+    TurnStarted,
+)
 from moteur.gateway.limits import LimitScope, LimitSet
+from moteur.gateway.rendering import check_format
 from moteur.gateway.sessions import Session, SessionStore, StoredMessage, parse_session_id
+from moteur.gateway.tenants import TenantSettings, TenantSwitches
+from moteur.gateway.tooling import ToolBox, client_tools, tool_choice
 from moteur.gateway.usage import GROUPS, TokenUsage, UsageLedger, usage_report
-from moteur.runtime.context import time_remaining
-from moteur.runtime.errors import InvalidArgument, NotFound, PermissionDenied, not_built_yet
+from moteur.runtime.channels import call_service, mesh_metadata, reconnecting
+from moteur.runtime.context import outgoing_timeout, time_remaining
+from moteur.runtime.errors import InvalidArgument, NotFound, PermissionDenied, from_rpc_error
 from moteur.runtime.identity import Identity
-from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from moteur.runtime.memory_limits import MAX_TEXT_CHARS
+from moteur.runtime.timestamps import to_datetime
+from moteur.v1 import (
+    common_pb2,
+    files_pb2,
+    files_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+    tools_pb2,
+)
+
+Request = TypeVar("Request", bound=Message)
 
 _ROLES = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT,
           "system": common_pb2.ROLE_SYSTEM, "tool": common_pb2.ROLE_TOOL}
@@ -29,8 +60,15 @@ _ROLES = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT,
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(
         self, auth: Authenticator, keys: ApiKeyStore, sessions: SessionStore, usage: UsageLedger,
-        conversation: Conversation, admission: AdmissionControl,
+        conversation: Conversation, admission: AdmissionControl, router: router_pb2_grpc.RouterStub,
+        memory: memory_pb2_grpc.MemoryStub, tenants: TenantSettings, toolbox: ToolBox,
+        files: files_pb2_grpc.FilesStub,
     ) -> None:
+        self._files = files
+        self._toolbox = toolbox
+        self._tenants = tenants
+        self._router = router
+        self._memory = memory
         self._auth = auth
         self._keys = keys
         self._usage = usage
@@ -65,7 +103,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[Callable[[TurnResult], Awaitable[None]]]:
         """Admission around a turn; yields how to settle it with its result."""
         estimate = estimate_tokens(turn.message, turn.max_output_tokens)
-        async with self._admission.turn(identity, turn.user, turn.priority, estimate, time_remaining()) as admitted:
+        pool = self._admission.pools.key(turn.request_type, turn.model_hint)
+        async with self._admission.turn(
+            identity, turn.user, turn.priority, estimate, time_remaining(), pool
+        ) as admitted:
             context.set_trailing_metadata(admitted.metadata())
 
             async def settle(result: TurnResult) -> None:
@@ -77,8 +118,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def SubmitToolResults(
         self, request: gateway_pb2.SubmitToolResultsRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ChatResponse:
-        await self._auth.authenticate(context)
-        raise not_built_yet("Gateway.SubmitToolResults", "issue #7 (function calling)")
+        identity = await self._auth.authenticate(context)
+        session_id = parse_session_id(request.session_id)
+        if not request.results:
+            raise InvalidArgument("results", "at least one result: one per pending tool call")
+        scope = check.scope(identity, identity.user)
+        continued = await self._conversation.continuation(identity, scope, session_id, request.results)
+        async with self._admitted(identity, continued.turn, context) as settle:
+            result = await self._conversation.resume(identity, scope, continued)
+            await settle(result)
+        return _chat_response(result)
 
     async def CreateSession(
         self, request: gateway_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext
@@ -122,6 +171,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         identity = await self._auth.authenticate(context)
         session_id = parse_session_id(request.session_id)
         deleted = await self._sessions.delete(check.scope(identity, identity.user), session_id)
+        await self._conversation.forget_session(identity.tenant, session_id)
         return gateway_pb2.DeleteSessionResponse(deleted_messages=deleted)
 
     async def GetUsage(
@@ -132,9 +182,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if request.group_by not in GROUPS:
             raise InvalidArgument("group_by", f"one of {', '.join(repr(g) for g in GROUPS)}")
         now = datetime.now(UTC)
-        start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else now.replace(
+        start = to_datetime("start_time", request.start_time) if request.HasField("start_time") else now.replace(
             hour=0, minute=0, second=0, microsecond=0)
-        end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else now
+        end = to_datetime("end_time", request.end_time) if request.HasField("end_time") else now
         if end <= start:
             raise InvalidArgument("end_time", "must be after start_time")
         rows = await usage_report(self._usage, identity.tenant, user, start, end, request.group_by)
@@ -171,9 +221,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def SetLimits(
         self, request: gateway_pb2.SetLimitsRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.Limits:
-        identity = await self._auth.authenticate(context)
-        if not identity.admin:
-            raise PermissionDenied("changing limits needs an admin key of the tenant (moteur keys create --admin)")
+        identity = await self._admin(context, "changing limits")
         scope = await self._limit_scope(identity, request.limits.scope)
         fields = {name: getattr(request.limits, name) for name in LimitSet.model_fields}
         try:
@@ -183,6 +231,198 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise InvalidArgument(f"limits.{error['loc'][0]}", error["msg"].lower()) from None
         await self._admission.catalog.override(scope, limits)
         return gateway_pb2.Limits(scope=scope.name, tier=identity.tier, **limits.model_dump())
+
+    # -- long-term memory ----------------------------------------------------------------------------------
+    async def ListMemories(
+        self, request: memory_pb2.ListMemoriesRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ListMemoriesResponse:
+        identity, user = await self._memory_owner(context, request.user_id)
+        forwarded = memory_pb2.ListMemoriesRequest()
+        forwarded.CopyFrom(request)
+        forwarded.user_id = user
+        return await self._call_memory(self._memory.List, forwarded, identity)
+
+    async def SearchMemories(
+        self, request: gateway_pb2.SearchMemoriesRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.SearchResponse:
+        identity, user = await self._memory_owner(context, request.user_id)
+        return await self._call_memory(self._memory.Search, memory_pb2.SearchRequest(
+            text=request.text, user_id=user, kinds=request.kinds, top_k=request.top_k, min_score=request.min_score,
+            session_id=request.session_id, created_after=request.created_after,
+            created_before=request.created_before,
+        ), identity)
+
+    async def GetMemoryHistory(
+        self, request: gateway_pb2.GetMemoryHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.FactHistoryResponse:
+        identity, user = await self._memory_owner(context, request.user_id)
+        if not request.memory_id:
+            raise InvalidArgument("memory_id", "required")
+        # Scoped to the caller's tenant and user by memory: another's fact has no history here (NOT_FOUND).
+        return await self._call_memory(
+            self._memory.FactHistory, memory_pb2.FactHistoryRequest(user_id=user, id=request.memory_id), identity)
+
+    async def UpdateMemory(
+        self, request: gateway_pb2.UpdateMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.MemoryRecord:
+        identity, user = await self._memory_owner(context, request.user_id)
+        record = await self._own_memory(identity, user, request.memory_id)
+        record.text = check.text_at_most(request.text, "text", MAX_TEXT_CHARS)
+        if not record.text.strip():
+            raise InvalidArgument("text", "must not be empty")
+        record.ClearField("created_at")
+        await self._call_memory(self._memory.Upsert, memory_pb2.UpsertRequest(records=[record]), identity)
+        return record
+
+    async def DeleteMemory(
+        self, request: gateway_pb2.DeleteMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.DeleteMemoriesResponse:
+        identity, user = await self._memory_owner(context, request.user_id)
+        record = await self._own_memory(identity, user, request.memory_id)
+        return await self._call_memory(self._memory.Delete, memory_pb2.DeleteMemoriesRequest(ids=[record.id]),
+                                       identity)
+
+    async def UpsertDocument(
+        self, request: memory_pb2.UpsertDocumentRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.UpsertDocumentResponse:
+        identity = await self._auth.authenticate(context)
+        # A user key stores its own documents; a service key the tenant's shared ones, or a named user's.
+        return await self._call_memory(self._memory.UpsertDocument, _acting(identity, request), identity)
+
+    async def DeleteDocument(
+        self, request: gateway_pb2.DeleteDocumentRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.DeleteMemoriesResponse:
+        identity = await self._auth.authenticate(context)
+        if not request.document_id:
+            raise InvalidArgument("document_id", "required")
+        return await self._call_memory(self._memory.Delete, memory_pb2.DeleteMemoriesRequest(
+            document_id=request.document_id, user_id=identity.user,  # a user key: only its own documents
+        ), identity)
+
+    async def ForgetUser(
+        self, request: gateway_pb2.ForgetUserRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.DeleteMemoriesResponse:
+        identity, user = await self._memory_owner(context, request.user_id)
+        # First the messages still on their way: sent after memory forgot, they would bring the user back.
+        await self._conversation.forget_user(identity.tenant, user)
+        return await self._call_memory(self._memory.Delete, memory_pb2.DeleteMemoriesRequest(user_id=user), identity)
+
+    async def _memory_owner(self, context: grpc.aio.ServicerContext, requested: str) -> tuple[Identity, str]:
+        identity = await self._auth.authenticate(context)
+        return identity, _required_user(identity, requested)
+
+    async def _admin(self, context: grpc.aio.ServicerContext, doing: str) -> Identity:
+        """The caller, if its key is an admin key of its tenant; PERMISSION_DENIED otherwise."""
+        identity = await self._auth.authenticate(context)
+        if not identity.admin:
+            raise PermissionDenied(f"{doing} needs an admin key of the tenant (moteur keys create --admin)")
+        return identity
+
+    async def _own_memory(self, identity: Identity, user: str, memory_id: str) -> memory_pb2.MemoryRecord:
+        """The memory if it is this user's (in this tenant); NOT_FOUND otherwise, whoever it belongs to."""
+        if not memory_id:
+            raise InvalidArgument("memory_id", "required")
+        listed = await self._call_memory(
+            self._memory.List, memory_pb2.ListMemoriesRequest(user_id=user, ids=[memory_id], page_size=1), identity
+        )
+        if not listed.records:
+            raise NotFound(f"memory {memory_id} not found")
+        return listed.records[0]
+
+    async def _call_memory(self, method: Any, request: Any, identity: Identity) -> Any:
+        return await call_service(method, request, "memory", identity, outgoing_timeout(30.0))
+
+    async def ListTools(
+        self, request: tools_pb2.ListToolsRequest, context: grpc.aio.ServicerContext
+    ) -> tools_pb2.ListToolsResponse:
+        identity = await self._auth.authenticate(context)
+        return tools_pb2.ListToolsResponse(tools=await self._toolbox.list(identity))
+
+    async def ListFiles(
+        self, request: files_pb2.ListFilesRequest, context: grpc.aio.ServicerContext
+    ) -> files_pb2.ListFilesResponse:
+        identity = await self._auth.authenticate(context)
+        return await call_service(self._files.ListFiles, _acting(identity, request), "files", identity,
+                                  outgoing_timeout(10.0))  # a user key lists its own files only
+
+    async def GetFile(
+        self, request: files_pb2.GetFileRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[files_pb2.FileChunk]:
+        identity = await self._auth.authenticate(context)
+        async for chunk in self._file_chunks(identity, request.file_id):
+            yield chunk
+
+    async def DeleteFile(
+        self, request: files_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
+    ) -> files_pb2.DeleteFileResponse:
+        identity = await self._auth.authenticate(context)
+        if identity.user:  # a user key deletes its own files only: read the owner first
+            async for _ in self._file_chunks(identity, request.file_id):
+                break
+        return await call_service(self._files.DeleteFile, request, "files", identity, outgoing_timeout(10.0))
+
+    async def _file_chunks(self, identity: Identity, file_id: str) -> AsyncIterator[files_pb2.FileChunk]:
+        """The file's chunks from the files service; another user's file is NOT_FOUND for a user key."""
+        try:
+            async for attempt in reconnecting():  # a files service restarting: try again within 2 s
+                with attempt:
+                    call = self._files.GetFile(files_pb2.GetFileRequest(file_id=file_id),
+                                               metadata=mesh_metadata(identity), timeout=outgoing_timeout(300.0))
+                    await call.wait_for_connection()
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "files") from exc
+        try:
+            first = True
+            async for chunk in call:
+                if first and identity.user and chunk.info.user_id != identity.user:
+                    raise NotFound(f"file {file_id} not found")
+                first = False
+                yield chunk
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "files") from exc
+        finally:
+            call.cancel()
+
+    async def ListTemplates(
+        self, request: files_pb2.ListTemplatesRequest, context: grpc.aio.ServicerContext
+    ) -> files_pb2.ListTemplatesResponse:
+        identity = await self._auth.authenticate(context)
+        return await call_service(self._files.ListTemplates, request, "files", identity, outgoing_timeout(10.0))
+
+    async def PutTemplate(
+        self, request: files_pb2.PutTemplateRequest, context: grpc.aio.ServicerContext
+    ) -> files_pb2.TemplateInfo:
+        identity = await self._admin(context, "storing a template")
+        return await call_service(self._files.PutTemplate, request, "files", identity, outgoing_timeout(30.0))
+
+    async def ListModels(
+        self, request: router_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ListModelsResponse:
+        identity = await self._auth.authenticate(context)
+        listed = await call_service(self._router.ListModels, request, "router", identity, outgoing_timeout(10.0))
+        # What this caller may name in model_hint; the mesh's internal capacities are not its business.
+        visible = [m for m in listed.models if not m.tiers or identity.tier in m.tiers]
+        for model in visible:
+            model.ClearField("tiers")
+        return router_pb2.ListModelsResponse(
+            models=visible, default_model=listed.default_model, routes=listed.routes, revision=listed.revision
+        )
+
+    async def GetTenantSettings(
+        self, request: gateway_pb2.GetTenantSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.TenantSettings:
+        identity = await self._auth.authenticate(context)
+        return _tenant_settings(await self._tenants.get(identity.tenant))
+
+    async def SetTenantSettings(
+        self, request: gateway_pb2.TenantSettings, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.TenantSettings:
+        identity = await self._admin(context, "changing tenant settings")
+        fields = ("memory_recall", "fact_extraction", "message_memory")
+        switches = await self._tenants.set(
+            identity.tenant, **{f: getattr(request, f) if request.HasField(f) else None for f in fields}
+        )
+        return _tenant_settings(switches)
 
     async def _limit_scope(self, identity: Identity, name: str) -> LimitScope:
         """A scope of the caller's own tenant: "tenant", "key:<id>" or "user:<id>"."""
@@ -204,11 +444,6 @@ def _turn_input(identity: Identity, request: gateway_pb2.ChatRequest) -> TurnInp
         raise InvalidArgument("user_id", "required with a service key (one created without --user)")
     request_type = check.enum_value(common_pb2.RequestType, request.request_type, "request_type")
     priority = check.enum_value(common_pb2.Priority, request.priority, "priority")
-    check.enum_value(common_pb2.FileFormat, request.output_format, "output_format")
-    if request.output_format != common_pb2.FILE_FORMAT_UNSPECIFIED or request.output_template:
-        raise not_built_yet("Rendering a chat answer into a file (output_format)", "issue #8 (files)")
-    if request.client_tools:
-        raise not_built_yet("Caller-side tools (client_tools)", "issue #7 (function calling)")
     return TurnInput(
         session_id=session_id,
         user=user,
@@ -220,7 +455,27 @@ def _turn_input(identity: Identity, request: gateway_pb2.ChatRequest) -> TurnInp
         idempotency_key=check.text_at_most(request.idempotency_key, "idempotency_key",
                                            check.MAX_IDEMPOTENCY_KEY_CHARS),
         metadata=check.metadata(request.metadata.entries),
+        use_memory=request.use_memory if request.HasField("use_memory") else True,
+        use_tools=request.use_tools if request.HasField("use_tools") else True,
+        tool_choice=tool_choice(request.tool_choice),
+        client_tools=client_tools(request.client_tools),
+        output_format=check_format(check.enum_value(common_pb2.FileFormat, request.output_format, "output_format"),
+                                   request.output_template),
+        output_template=check.text_at_most(request.output_template, "output_template", 64),
     )
+
+
+def _tenant_settings(switches: TenantSwitches) -> gateway_pb2.TenantSettings:
+    return gateway_pb2.TenantSettings(memory_recall=switches.memory_recall, fact_extraction=switches.fact_extraction,
+                                      message_memory=switches.message_memory)
+
+
+def _acting(identity: Identity, request: Request) -> Request:
+    """A copy of ``request`` whose ``user_id`` is the user the key acts for (a user key: always its own)."""
+    forwarded = type(request)()
+    forwarded.CopyFrom(request)
+    forwarded.user_id = check.acting_user(identity, request.user_id)  # type: ignore[attr-defined]
+    return forwarded
 
 
 def _required_user(identity: Identity, requested: str) -> str:
@@ -253,6 +508,9 @@ def _message(message: StoredMessage) -> common_pb2.Message:
         id=message.id, role=_ROLES[message.role], content=message.content,
         created_at=_timestamp(message.created_at), model=message.model,
         usage=_usage(message.usage) if message.usage else None,
+        tool_calls=[common_pb2.ToolCall(**c) for c in message.tool_calls],
+        tool_result=common_pb2.ToolResult(**message.tool_result) if message.tool_result else None,
+        file=common_pb2.FileRef(**message.file) if message.file else None,
     )
 
 
@@ -271,15 +529,22 @@ def _chat_response(result: TurnResult) -> gateway_pb2.ChatResponse:
         usage=_usage(result.answer.usage),
         model=result.answer.model,
         finish_reason=result.finish_reason,
-        status=gateway_pb2.TURN_STATUS_COMPLETED,
+        status=gateway_pb2.TURN_STATUS_REQUIRES_ACTION if result.status == REQUIRES_ACTION
+        else gateway_pb2.TURN_STATUS_COMPLETED,
+        pending_tool_calls=[common_pb2.ToolCall(**c) for c in result.pending],
         user_message_id=result.user_message_id,
         idempotent_replay=result.replay,
         route=common_pb2.Metadata(entries=result.route),
     )
 
 
-def _chat_event(event: TurnStarted | TextDelta | TurnResult) -> gateway_pb2.ChatEvent:
+def _chat_event(event: TurnEvent) -> gateway_pb2.ChatEvent:
     match event:
+        case ToolStarted():
+            return gateway_pb2.ChatEvent(tool=gateway_pb2.ToolEvent(call=event.call,
+                                                                    runs_on_caller=event.runs_on_caller))
+        case ToolFinished():
+            return gateway_pb2.ChatEvent(tool=gateway_pb2.ToolEvent(call=event.call, result=event.result))
         case TurnStarted():
             return gateway_pb2.ChatEvent(started=gateway_pb2.ChatStarted(
                 session_id=event.session_id, user_message_id=event.user_message_id))
@@ -287,3 +552,4 @@ def _chat_event(event: TurnStarted | TextDelta | TurnResult) -> gateway_pb2.Chat
             return gateway_pb2.ChatEvent(delta=common_pb2.TokenDelta(text=event.text))
         case TurnResult():
             return gateway_pb2.ChatEvent(final=_chat_response(event))
+

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pymongo import DESCENDING, InsertOne, UpdateOne
@@ -44,19 +44,33 @@ class Scope:
 class StoredMessage:
     id: str
     role: Role
-    content: str
+    content: str  # tool messages: what the model read (the result's JSON, or its error)
     created_at: datetime
     model: str = ""
     usage: dict[str, int] = field(default_factory=dict)
+    # assistant messages that asked for tools: [{"id", "name", "arguments_json"}]
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
+    # tool messages: the ToolResult fields (call_id, ok, content_json, error_code, error_message, …)
+    tool_result: dict[str, Any] = field(default_factory=dict)
+    # answers rendered into a file: the FileRef fields (file_id, name, mime_type, size_bytes, sha256)
+    file: dict[str, Any] = field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
-        return {"_id": self.id, "role": self.role, "content": self.content, "created_at": self.created_at,
-                "model": self.model, "usage": self.usage}
+        doc = {"_id": self.id, "role": self.role, "content": self.content, "created_at": self.created_at,
+               "model": self.model, "usage": self.usage}
+        if self.tool_calls:
+            doc["tool_calls"] = self.tool_calls
+        if self.tool_result:
+            doc["tool_result"] = self.tool_result
+        if self.file:
+            doc["file"] = self.file
+        return doc
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> StoredMessage:
         return cls(doc["_id"], doc["role"], doc["content"], doc["created_at"], doc.get("model", ""),
-                   doc.get("usage") or {})
+                   doc.get("usage") or {}, doc.get("tool_calls") or [], doc.get("tool_result") or {},
+                   doc.get("file") or {})
 
 
 @dataclass(slots=True)
@@ -71,6 +85,8 @@ class Session:
     metadata: dict[str, str] = field(default_factory=dict)
     recent: list[StoredMessage] = field(default_factory=list)
     stored: bool = True  # False: created for this turn, written with the turn's messages
+    # A turn waiting for the caller's tool results (see moteur.gateway.toolloop.PendingTurn), or None.
+    pending: dict[str, Any] | None = None
 
     def to_doc(self) -> dict[str, Any]:
         return {"_id": self.id, "tenant": self.tenant, "user": self.user, "title": self.title,
@@ -82,12 +98,16 @@ class Session:
         return cls(
             doc["_id"], doc["tenant"], doc["user"], doc.get("title", ""), doc["created_at"], doc["updated_at"],
             doc.get("message_count", 0), doc.get("metadata") or {},
-            [StoredMessage.from_doc(m) for m in doc.get("recent", [])],
+            [StoredMessage.from_doc(m) for m in doc.get("recent", [])], pending=doc.get("pending"),
         )
 
 
-def new_message(role: Role, content: str, model: str = "", usage: dict[str, int] | None = None) -> StoredMessage:
-    return StoredMessage(new_id(), role, content, datetime.now(UTC), model, usage or {})
+def new_message(
+    role: Role, content: str, model: str = "", usage: dict[str, int] | None = None,
+    tool_calls: list[dict[str, str]] | None = None, tool_result: dict[str, Any] | None = None,
+) -> StoredMessage:
+    return StoredMessage(new_id(), role, content, datetime.now(UTC), model, usage or {}, tool_calls or [],
+                         tool_result or {})
 
 
 def parse_session_id(value: str, field_name: str = "session_id") -> str:
@@ -125,8 +145,11 @@ class SessionStore:
             raise NotFound(f"session {session_id} not found")
         return Session.from_doc(doc)
 
-    def turn_writes(self, session: Session, messages: Sequence[StoredMessage]) -> list[InsertOne | UpdateOne]:
-        """The writes that persist ``messages`` in ``session`` (and the session itself when new)."""
+    def turn_writes(
+        self, session: Session, messages: Sequence[StoredMessage], pending: dict[str, Any] | None = None
+    ) -> list[InsertOne | UpdateOne]:
+        """The writes that persist ``messages`` in ``session`` (and the session itself when new), and set
+        the session's pending turn to ``pending`` (None: no turn waits any more)."""
         docs = [m.to_doc() for m in messages]
         writes: list[InsertOne | UpdateOne] = [
             InsertOne({**d, "tenant": session.tenant, "session_id": session.id, "user": session.user},
@@ -136,18 +159,38 @@ class SessionStore:
         if not session.stored:
             session.recent, session.message_count = list(messages), len(messages)
             session.updated_at = messages[-1].created_at
-            writes.append(InsertOne(session.to_doc(), namespace=self._sessions.full_name))
+            doc = session.to_doc()
+            if pending is not None:
+                doc["pending"] = pending
+            writes.append(InsertOne(doc, namespace=self._sessions.full_name))
             return writes
-        writes.append(UpdateOne(
-            {"_id": session.id, "tenant": session.tenant},
-            {
-                "$push": {"recent": {"$each": docs, "$slice": -RECENT_MESSAGES}},
-                "$inc": {"message_count": len(docs)},
-                "$set": {"updated_at": messages[-1].created_at},
-            },
-            namespace=self._sessions.full_name,
-        ))
+        update: dict[str, Any] = {
+            "$push": {"recent": {"$each": docs, "$slice": -RECENT_MESSAGES}},
+            "$inc": {"message_count": len(docs)},
+            "$set": {"updated_at": messages[-1].created_at},
+        }
+        if pending is not None:
+            update["$set"]["pending"] = pending
+        elif session.pending is not None:
+            update["$unset"] = {"pending": ""}
+        writes.append(UpdateOne({"_id": session.id, "tenant": session.tenant}, update,
+                                namespace=self._sessions.full_name))
         return writes
+
+    async def claim_pending(self, scope: Scope, session_id: str, pending_id: str, lease_seconds: float) -> bool:
+        """Take the session's pending turn for ``lease_seconds`` (one SubmitToolResults at a time); a lease
+        left by a crashed gateway expires and the turn can be taken again."""
+        now = datetime.now(UTC)
+        result = await self._sessions.update_one(
+            scope.filter(_id=session_id, **{"pending.id": pending_id, "pending.lease_until": {"$lt": now}}),
+            {"$set": {"pending.lease_until": now + timedelta(seconds=lease_seconds)}},
+        )
+        return result.modified_count == 1
+
+    async def release_pending(self, scope: Scope, session_id: str, pending_id: str) -> None:
+        """Give a pending turn back after a failed continuation: the caller may submit again."""
+        await self._sessions.update_one(scope.filter(_id=session_id, **{"pending.id": pending_id}),
+                                        {"$set": {"pending.lease_until": datetime.now(UTC)}})
 
     async def messages(
         self, scope: Scope, session_id: str, page_size: int, after_id: str = ""

@@ -27,6 +27,10 @@ class TokenUsage:
         return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "cost_micro_usd": self.cost_micro_usd}
 
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens,
+                          self.cost_micro_usd + other.cost_micro_usd)
+
     @classmethod
     def from_dict(cls, values: dict[str, int]) -> TokenUsage:
         return cls(values.get("input_tokens", 0), values.get("output_tokens", 0), values.get("cost_micro_usd", 0))

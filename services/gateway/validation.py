@@ -81,7 +81,9 @@ def page_token(value: str) -> str:
 
 def acting_user(identity: Identity, requested: str) -> str:
     """The user a call acts for: a user key acts for its own user only; a service key for any of its tenant."""
-    text_at_most(requested, "user_id", MAX_USER_ID_CHARS)
+    # As a user key's user: printable ASCII (it may travel in gRPC metadata), within memory's 128-byte column.
+    if len(requested) > MAX_USER_ID_CHARS or not requested.isascii() or not requested.isprintable():
+        raise InvalidArgument("user_id", f"at most {MAX_USER_ID_CHARS} printable ASCII characters")
     if identity.user and requested and requested != identity.user:
         raise PermissionDenied(f"this API key acts for user {identity.user!r} only; leave user_id empty")
     return identity.user or requested

@@ -1,14 +1,74 @@
-"""``python -m moteur.memory``: healthy, UNIMPLEMENTED until issue #6 (memory and semantic search)."""
+"""``python -m moteur.memory``: embeddings, memories in Milvus, and the long-term memory of key facts."""
 
 from __future__ import annotations
 
-from moteur.runtime.server import not_built_app, run
-from moteur.v1 import memory_pb2, memory_pb2_grpc
+import asyncio
+import os
+from collections.abc import AsyncIterator, Sequence
 
-app = not_built_app(
-    "memory", memory_pb2.DESCRIPTOR.services_by_name["Memory"], memory_pb2_grpc.MemoryServicer,
-    memory_pb2_grpc.add_MemoryServicer_to_server, "issue #6 (memory and semantic search)",
-)
+from moteur.memory.documents import DocumentStore
+from moteur.memory.embeddings import BatchingEmbedder, EmbeddingModel, MiniLMEmbeddings, ProviderEmbeddings
+from moteur.memory.extraction import LLMExtractor
+from moteur.memory.facts import FactMemory
+from moteur.memory.servicer import MemoryServicer
+from moteur.memory.store import VectorStore
+from moteur.runtime.channels import open_channel
+from moteur.runtime.completion import Complete, complete_json
+from moteur.runtime.identity import Identity
+from moteur.runtime.mongo import connect_mongo, database
+from moteur.runtime.server import Registration, ServiceApp, run
+from moteur.runtime.settings import MemorySettings, MeshSettings, MongoSettings
+from moteur.v1 import memory_pb2, memory_pb2_grpc, router_pb2_grpc
+
+# Extraction calls belong to no end user; the router accounts them to this identity.
+MEMORY_IDENTITY = Identity(tenant="moteur-memory", user="", tier="internal")
+
+
+def router_completion(router: router_pb2_grpc.RouterStub, timeout: float) -> Complete:
+    async def complete(system: str, user: str, schema: dict[str, object]) -> str:
+        return await complete_json(router, MEMORY_IDENTITY, system, user, schema, timeout=timeout,
+                                   max_output_tokens=200)
+
+    return complete
+
+
+async def build() -> AsyncIterator[Sequence[Registration]]:
+    settings, mongo_settings = MemorySettings(), MongoSettings()
+    model: EmbeddingModel
+    if settings.embedding_provider == "openai":
+        model = ProviderEmbeddings(settings.embedding_model, settings.embedding_base_url,
+                                   os.environ.get(settings.embedding_api_key_env, ""), settings.embedding_dimensions)
+    else:
+        model = await asyncio.to_thread(MiniLMEmbeddings)
+    embedder = BatchingEmbedder(model)
+    store = VectorStore(settings.milvus_uri, model.dimensions, settings.milvus_index_type,
+                        settings.milvus_index_params, settings.milvus_search_params,
+                        {"auto": None, "exact": True, "milvus": False}[settings.milvus_search])
+    await store.open()
+    mongo = connect_mongo(mongo_settings)
+    router_channel = open_channel(MeshSettings().router_addr)
+    llm = None
+    if settings.fact_extractor == "auto":
+        llm = LLMExtractor(router_completion(router_pb2_grpc.RouterStub(router_channel),
+                                             settings.extraction_timeout_seconds))
+    db = database(mongo, mongo_settings)
+    facts, documents = FactMemory(db, embedder, store, llm), DocumentStore(db, embedder, store)
+    await facts.ensure_indexes()
+    try:
+        yield [
+            Registration(
+                memory_pb2.DESCRIPTOR.services_by_name["Memory"], MemoryServicer(embedder, store, facts, documents),
+                memory_pb2_grpc.add_MemoryServicer_to_server,
+            )
+        ]
+    finally:
+        await embedder.aclose()
+        await store.close()
+        await router_channel.close()
+        await mongo.close()
+
+
+app = ServiceApp("memory", build)
 
 if __name__ == "__main__":
     run(app)

@@ -2,24 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from moteur.router.orchestrator import ModelRouter
 from moteur.router.registry import load_models
+from moteur.router.reload import watch
+from moteur.router.routes import Embed
 from moteur.router.servicer import RouterServicer
+from moteur.runtime.channels import call_service, open_channel
+from moteur.runtime.identity import Identity
 from moteur.runtime.server import Registration, ServiceApp, run
-from moteur.runtime.settings import RouterSettings
-from moteur.v1 import router_pb2, router_pb2_grpc
+from moteur.runtime.settings import MeshSettings, RouterSettings
+from moteur.runtime.tasks import cancel_and_wait
+from moteur.v1 import memory_pb2, memory_pb2_grpc, router_pb2, router_pb2_grpc
+
+# The router's own calls (embedding route examples) belong to no tenant.
+ROUTER_IDENTITY = Identity(tenant="moteur-router", user="", tier="")
+
+
+def memory_embedder(stub: memory_pb2_grpc.MemoryStub) -> Embed:
+    async def embed(texts: Sequence[str]) -> list[list[float]]:
+        response = await call_service(stub.Embed, memory_pb2.EmbedRequest(texts=list(texts)), "memory",
+                                      ROUTER_IDENTITY, timeout=5)
+        return [list(e.values) for e in response.embeddings]
+
+    return embed
 
 
 async def build() -> AsyncIterator[Sequence[Registration]]:
-    router = ModelRouter(load_models(RouterSettings().models_file))
-    yield [
-        Registration(
-            router_pb2.DESCRIPTOR.services_by_name["Router"], RouterServicer(router),
-            router_pb2_grpc.add_RouterServicer_to_server,
-        )
-    ]
+    settings = RouterSettings()
+    memory_channel = open_channel(MeshSettings().memory_addr)
+    config, revision = load_models(settings.models_file)
+    router = ModelRouter(config, revision, memory_embedder(memory_pb2_grpc.MemoryStub(memory_channel)))
+    watcher = asyncio.create_task(watch(router, settings.models_file))
+    try:
+        yield [
+            Registration(
+                router_pb2.DESCRIPTOR.services_by_name["Router"], RouterServicer(router),
+                router_pb2_grpc.add_RouterServicer_to_server,
+            )
+        ]
+    finally:
+        await cancel_and_wait(watcher)
+        await memory_channel.close()
 
 
 app = ServiceApp("router", build)

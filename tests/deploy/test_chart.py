@@ -14,22 +14,22 @@ import yaml
 from moteur.devstack.stack import SERVICES
 from moteur.gateway.limits import TiersConfig, load_tiers
 from moteur.router.registry import ModelsConfig
+from moteur.runtime.settings import MemorySettings
 
 CHART = Path(__file__).parents[2] / "deploy" / "helm" / "moteur"
 KUBERNETES_VERSION = "1.31"
-PRODUCTION = {
-    "image": {"repository": "registry.example.com/ai", "tag": "1.2.3"},
+# The stores the chart may install as dependencies: `helm dependency build` needs the network, so offline the
+# charts are absent (lint says so) and the chart renders them disabled, or only their addresses when enabled.
+DEPENDENCIES = ["mongodb", "redis", "milvus"]
+LOCAL = yaml.safe_load((CHART / "values-local.yaml").read_text())
+PRODUCTION = yaml.safe_load((CHART / "values-production.yaml").read_text())
+# Production with the secrets given inline instead of existing Secrets: they must land in Secrets only.
+INLINE_SECRETS = {
+    **PRODUCTION,
+    "storesExistingSecret": "",
     "mongodb": {"uri": "mongodb://moteur:s3cret@mongo-0.mongo,mongo-1.mongo/?replicaSet=rs0"},
-    "modelServer": {"enabled": False},
-    "services": {"gateway": {"replicas": 3, "serviceType": "LoadBalancer"}},
+    "providerKeysSecret": "",
     "providerKeys": {"OPENAI_API_KEY": "sk-test-not-real"},
-    "files": {"persistence": {"enabled": True, "size": "50Gi"}},
-    "prometheusRule": {"enabled": True},
-    "router": {"models": {"default_model": "gpt-4o", "models": [
-        {"name": "gpt-4o", "provider": "openai", "model": "gpt-4o", "base_url": "https://api.openai.com/v1",
-         "api_key_env": "OPENAI_API_KEY", "context_window": 128000, "max_output_tokens": 4096,
-         "input_price_per_1k_usd": 0.0025, "output_price_per_1k_usd": 0.01},
-    ]}},
 }
 
 
@@ -42,13 +42,19 @@ def _by_kind(manifests: list[dict[str, Any]], kind: str) -> dict[str, dict[str, 
     return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
 
 
-def test_the_chart_lints_without_errors() -> None:
-    report = helm_python.lint(CHART, strict=False)
+def _volume_names(pod: dict[str, Any]) -> set[str]:
+    return {v["name"] for v in pod["volumes"]}
+
+
+@pytest.mark.parametrize("values", [{}, LOCAL, PRODUCTION], ids=["default", "local", "production"])
+def test_the_chart_lints_without_errors(values: dict[str, Any]) -> None:
+    report = helm_python.lint(CHART, values, strict=False, kube_version=f"v{KUBERNETES_VERSION}.0")
     assert report["errors"] == []
-    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+    missing = f"chart directory is missing these dependencies: {','.join(DEPENDENCIES)}"
+    assert [m["error"] for m in report["messages"] if m["severity"] >= 2] in ([], [missing])
 
 
-@pytest.mark.parametrize("values", [{}, PRODUCTION], ids=["default", "production"])
+@pytest.mark.parametrize("values", [{}, LOCAL, PRODUCTION], ids=["default", "local", "production"])
 def test_every_rendered_manifest_is_valid_kubernetes(values: dict[str, Any]) -> None:
     manifests = _render(values)
     assert manifests
@@ -81,18 +87,35 @@ def test_the_router_mounts_a_model_registry_it_can_load(values: dict[str, Any]) 
     registry = _by_kind(manifests, "ConfigMap")["moteur-models"]["data"]["models.yaml"]
     config = ModelsConfig.model_validate(yaml.safe_load(registry))
     router = _by_kind(manifests, "Deployment")["moteur-router"]["spec"]["template"]["spec"]
-    assert router["volumes"] == [{"name": "models", "configMap": {"name": "moteur-models"}}]
+    assert _volume_names(router) == {"tmp", "models"}
+    assert {"name": "models", "configMap": {"name": "moteur-models"}} in router["volumes"]
+    gateway = _by_kind(manifests, "ConfigMap")["moteur-gateway"]["data"]
+    scaling = values.get("services", {}).get("gateway", {}).get("autoscaling", {})
+    replicas = values.get("services", {}).get("gateway", {}).get("replicas", 2)
+    assert gateway["MOTEUR_QUEUE_REPLICAS"] == str(scaling["maxReplicas"] if scaling.get("enabled") else replicas)
     if not values:
         assert config.get("smollm2").base_url == "http://moteur-model-server:8080/v1"  # type: ignore[union-attr]
         assert "moteur-model-server" in _by_kind(manifests, "Deployment")
 
 
 def test_secrets_stay_out_of_config_maps() -> None:
-    manifests = _render(PRODUCTION)
+    manifests = _render(INLINE_SECRETS)
     configs = yaml.safe_dump([m for m in manifests if m["kind"] == "ConfigMap"])
     assert "s3cret" not in configs and "sk-test-not-real" not in configs
     secrets = _by_kind(manifests, "Secret")
-    assert secrets["moteur-stores"]["stringData"]["mongodb-uri"] == PRODUCTION["mongodb"]["uri"]
+    assert secrets["moteur-stores"]["stringData"]["mongodb-uri"] == INLINE_SECRETS["mongodb"]["uri"]
+    router = _by_kind(manifests, "Deployment")["moteur-router"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "moteur-provider-keys"}} in router["envFrom"]
+
+
+def test_production_takes_provider_keys_and_store_addresses_from_existing_secrets() -> None:
+    manifests = _render(PRODUCTION)
+    assert _by_kind(manifests, "Secret") == {}
+    for deployment in _by_kind(manifests, "Deployment").values():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+        assert refs == {"MOTEUR_MONGO_URI": {"name": "moteur-stores", "key": "mongodb-uri"},
+                        "MOTEUR_REDIS_URL": {"name": "moteur-stores", "key": "redis-url"}}
     router = _by_kind(manifests, "Deployment")["moteur-router"]["spec"]["template"]["spec"]["containers"][0]
     assert {"secretRef": {"name": "moteur-provider-keys"}} in router["envFrom"]
 
@@ -121,7 +144,8 @@ def test_the_gateway_mounts_tiers_it_can_load(values: dict[str, Any]) -> None:
     tiers = TiersConfig.model_validate(yaml.safe_load(shipped))
     assert tiers == load_tiers(CHART.parents[2] / "config" / "tiers.yaml")  # the chart ships the repo's example
     gateway = _by_kind(manifests, "Deployment")["moteur-gateway"]["spec"]["template"]["spec"]
-    assert gateway["volumes"] == [{"name": "tiers", "configMap": {"name": "moteur-tiers"}}]
+    assert _volume_names(gateway) == {"tmp", "tiers"}
+    assert {"name": "tiers", "configMap": {"name": "moteur-tiers"}} in gateway["volumes"]
     assert _by_kind(manifests, "ConfigMap")["moteur-gateway"]["data"]["MOTEUR_TIERS_FILE"] == "/etc/moteur/tiers.yaml"
 
 
@@ -137,8 +161,12 @@ def test_dashboards_ship_as_configmaps_and_query_metrics_moteur_exports() -> Non
 
     from prometheus_client import REGISTRY
 
+    # Imported for their side effect: each module registers its service's metrics.
+    import moteur.files.metrics
     import moteur.gateway.metrics
-    import moteur.router.metrics  # noqa: F401
+    import moteur.memory.metrics
+    import moteur.router.metrics
+    import moteur.tools.metrics  # noqa: F401 (the name `moteur` is bound, unused)
 
     exported = {metric.name for metric in REGISTRY.collect()}
     configs = [m for m in _render({}) if m["kind"] == "ConfigMap" and m["metadata"]["labels"].get("grafana_dashboard")]
@@ -150,3 +178,12 @@ def test_dashboards_ship_as_configmaps_and_query_metrics_moteur_exports() -> Non
                 for target in panel["targets"]:
                     names = set(re.findall(r"\b(moteur_[a-z_]+?)(?:_bucket|_total|_sum|_count)?\b", target["expr"]))
                     assert names and names <= exported, (panel["title"], names - exported)
+
+
+def test_the_memory_service_gets_settings_it_can_load_for_its_milvus_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _by_kind(_render({}), "ConfigMap")["moteur-memory"]["data"]
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    memory = MemorySettings()
+    assert memory.milvus_index_type == "HNSW" and memory.milvus_index_params == {"M": 16, "efConstruction": 200}
+    assert memory.milvus_search_params == {"ef": 64} and memory.milvus_uri.startswith("http")

@@ -60,10 +60,11 @@ async def test_out_of_range_max_output_tokens_is_invalid(alice) -> None:
     assert "8,192" in error.message
 
 
-async def test_an_unknown_model_is_not_found_and_names_the_known_ones(alice) -> None:
+async def test_an_unknown_model_is_invalid_and_names_the_valid_ones(alice) -> None:
     error = await _error(alice.client.chat("hello", model_hint="gpt-17"))
-    assert error.code is grpc.StatusCode.NOT_FOUND
-    assert "smollm2" in error.message
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    valid = "gemma3, instant, paced, paced-single, priced, scripted, smollm2, "
+    assert f"unknown model 'gpt-17'; valid: {valid}" in error.message
 
 
 @pytest.mark.parametrize("key", ["", "mot_not-a-real-key", "sk-something-else"])
@@ -92,10 +93,14 @@ async def test_a_user_key_cannot_act_for_another_user(alice) -> None:
     assert error.code is grpc.StatusCode.PERMISSION_DENIED
 
 
-@pytest.mark.parametrize(("part", "named"), [("model", "model server for 'smollm2'"), ("router", "router service")])
-async def test_a_part_down_is_unavailable_and_the_question_is_kept(stack, alice, part: str, named: str) -> None:
+@pytest.mark.parametrize(("parts", "named"), [
+    (("model", "model2"), "smollm2:unreachable"), (("router",), "router service"),
+])
+async def test_a_part_down_is_unavailable_and_the_question_is_kept(
+    stack, alice, parts: tuple[str, ...], named: str
+) -> None:
     reply = await alice.client.chat("First turn.", model_hint="instant")
-    with stack.stopped(part):
+    with stack.stopped(*parts):
         error = await _error(alice.client.chat("Are you there?", session_id=reply.session_id))
     assert error.code is grpc.StatusCode.UNAVAILABLE
     assert named in error.message and "unreachable" in error.message
@@ -110,15 +115,14 @@ async def test_a_deadline_too_short_for_the_model_is_deadline_exceeded(alice) ->
         model_hint="paced", timeout=0.25,
     ))
     assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
-    # The gateway saw its deadline pass too, and kept the question.
-    stored = await alice.client.get_session(reply.session_id)
+    # The gateway saw its deadline pass too, and kept the question (written as the turn ends, which on a
+    # busy machine may be a moment after the caller's own deadline fired).
+    for _ in range(20):
+        stored = await alice.client.get_session(reply.session_id)
+        if [m.content for m in stored.messages][-1] == "Write a long story about a lighthouse keeper.":
+            break
+        await asyncio.sleep(0.1)
     assert [m.content for m in stored.messages][-1] == "Write a long story about a lighthouse keeper."
-
-
-async def test_asking_for_a_file_is_unimplemented_and_names_the_issue(alice) -> None:
-    error = await _error(alice.client.chat("A table please.", output_format="pdf"))
-    assert error.code is grpc.StatusCode.UNIMPLEMENTED
-    assert "issue #8" in error.message
 
 
 async def test_the_session_store_down_is_unavailable_with_a_clear_message(stack, alice) -> None:

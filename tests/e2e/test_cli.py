@@ -35,6 +35,14 @@ def test_chat_streams_the_answer_and_the_session_shows_it(cli_env) -> None:
     assert gone.exit_code == 1 and "NOT_FOUND" in gone.output
 
 
+def test_models_lists_what_the_caller_may_use_and_the_routes(cli_env) -> None:
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    assert "smollm2" in result.output and "healthy" in result.output
+    assert "enterprise-only" not in result.output  # alice's tier may not name it
+    assert "summarize" in result.output and "gemma3 → smollm2" in result.output
+
+
 def test_a_bad_request_prints_the_status_and_the_field(cli_env) -> None:
     result = runner.invoke(app, ["chat", "   "])
     assert result.exit_code == 1
@@ -73,3 +81,14 @@ def test_an_admin_key_sets_and_shows_limits_and_lists_alerts(cli_env, monkeypatc
     assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.output
     assert runner.invoke(app, ["alerts"]).exit_code == 0
     assert runner.invoke(app, ["usage", "--by", "user"]).exit_code == 0
+
+
+def test_tools_lists_the_tenants_tools_and_chat_shows_the_calls(cli_env, mcp_ready) -> None:
+    listed = runner.invoke(app, ["tools"])
+    assert listed.exit_code == 0, listed.output
+    assert "calculator" in listed.output and "notes__read_note" in listed.output and "mcp:notes" in listed.output
+    # the instant model plays "/tool" lines: one round with the calculator, then the answer
+    result = runner.invoke(app, ["chat", "--model", "instant", 'Compute.\n/tool calculator {"expression": "2+3"}'])
+    assert result.exit_code == 0, result.output
+    assert 'calculator({"expression": "2+3"}) → {"result": 5}' in result.output
+    assert "instant answer after tools" in result.output

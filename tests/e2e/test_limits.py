@@ -29,6 +29,17 @@ async def _refusal(call) -> MoteurClientError:  # type: ignore[no-untyped-def]
     return caught.value
 
 
+async def _admitted_within(user, seconds: float, failure: str) -> None:  # type: ignore[no-untyped-def]
+    """Polls with a turn until one is admitted (a slot freed)."""
+    for _ in range(round(seconds / 0.1)):
+        try:
+            await user.client.chat("is a slot free?", model_hint="instant")
+            return
+        except MoteurClientError:
+            await asyncio.sleep(0.1)
+    pytest.fail(failure)
+
+
 def _detail(error: MoteurClientError, kind: type) -> object:
     (detail,) = [d for d in error.details if isinstance(d, kind)]
     return detail
@@ -61,6 +72,67 @@ async def test_every_answer_carries_the_remaining_budget_in_trailing_metadata(st
             assert trailing["x-ratelimit-limit-requests"] == "5"
             assert trailing["x-ratelimit-limit-tokens"] == "5000"
     assert remaining == [4, 3, 2]
+
+
+async def test_a_refusal_carries_the_budget_too(stack, make_caller) -> None:
+    user = await _limited_user(make_caller, requests_per_minute=2, tokens_per_minute=5000)
+    for _ in range(2):
+        await user.client.chat("hi", model_hint="instant")
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        call = gateway_pb2_grpc.GatewayStub(channel).Chat(
+            gateway_pb2.ChatRequest(message="hi", model_hint="instant"),
+            metadata=[("authorization", f"Bearer {user.key}")])
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    trailing = dict(refused.value.trailing_metadata())
+    assert trailing["x-ratelimit-limit-requests"] == "2" and trailing["x-ratelimit-remaining-requests"] == "0"
+    assert 25 < float(trailing["x-ratelimit-reset-requests"].removesuffix("s")) <= 60  # the bucket refills
+    assert trailing["x-ratelimit-limit-tokens"] == "5000" and int(trailing["x-ratelimit-remaining-tokens"]) > 0
+
+
+async def test_a_concurrency_refusal_says_when_the_running_call_should_end(make_caller) -> None:
+    user = await _limited_user(make_caller, concurrent_requests=1)
+    for _ in range(3):  # the tenant's typical call: the paced model's 0.8 s
+        await user.client.chat("warm up", model_hint="paced")
+    running = asyncio.create_task(user.client.chat("a paced call", model_hint="paced"))
+    await asyncio.sleep(0.3)
+    error = await _refusal(user.client.chat("meanwhile", model_hint="instant"))
+    await running
+    # about 0.8 s after it started, so ~0.5 s from now: computed, not a constant
+    assert 0.2 < error.retry_after_seconds < 0.8, error.retry_after_seconds
+
+
+async def test_leases_are_renewed_while_a_call_runs_and_a_crashed_gateway_frees_them(stack, make_caller) -> None:
+    user = await _limited_user(make_caller, concurrent_requests=1)
+    process, address = stack.extra_gateway("gateway-short-leases", MOTEUR_LEASE_SECONDS="0.4")
+    await asyncio.to_thread(process.start)
+    short_leases = AsyncMoteurClient(address, user.key)
+    try:
+        running = asyncio.create_task(short_leases.chat("a paced call", model_hint="paced"))
+        await asyncio.sleep(0.6)  # past one lease: only its renewals hold the slot now
+        await _refusal(user.client.chat("meanwhile", model_hint="instant"))
+        await running
+
+        crashed = asyncio.create_task(short_leases.chat("a call its gateway will not finish", model_hint="paced"))
+        await asyncio.sleep(0.2)
+        await _refusal(user.client.chat("meanwhile", model_hint="instant"))
+        await asyncio.to_thread(process.kill)
+        with pytest.raises(MoteurClientError):
+            await crashed
+        await _admitted_within(user, 3.0, "the crashed gateway's slot was never freed")  # its lease: 0.4 s
+    finally:
+        await short_leases.close()
+        process.stop()
+
+
+async def test_a_cost_per_day_quota_refuses_once_spent(make_caller) -> None:
+    user = await _limited_user(make_caller, cost_micro_usd_per_day=1)
+    await user.client.chat("hi", model_hint="priced")
+    error = await _refusal(user.client.chat("again", model_hint="priced"))
+    violation = _detail(error, error_details_pb2.QuotaFailure).violations[0]
+    assert "cost_micro_usd_per_day limit of 1" in violation.description
+    assert error.retry_after_seconds > 0
 
 
 async def test_limits_are_exact_across_three_gateway_replicas(stack, make_caller) -> None:
@@ -112,19 +184,12 @@ async def test_a_concurrency_slot_is_released_when_the_caller_hangs_up(make_call
     error = await _refusal(user.client.chat("meanwhile", model_hint="instant"))
     assert "concurrent_requests limit of 1" in _detail(error, error_details_pb2.QuotaFailure).violations[0].description
     await events.aclose()
-    for _ in range(50):
-        try:
-            await user.client.chat("after hanging up", model_hint="instant")
-            break
-        except MoteurClientError:
-            await asyncio.sleep(0.1)
-    else:
-        pytest.fail("the slot of the cancelled call was never released")
+    await _admitted_within(user, 5.0, "the slot of the cancelled call was never released")
 
 
 async def test_a_failed_call_releases_its_slot(stack, make_caller) -> None:
     user = await _limited_user(make_caller, concurrent_requests=1)
-    with stack.stopped("model"), pytest.raises(MoteurClientError) as error:
+    with stack.stopped("model", "model2"), pytest.raises(MoteurClientError) as error:
         await user.client.chat("the model is down")
     assert error.value.code is grpc.StatusCode.UNAVAILABLE
     await user.client.chat("the slot is free again", model_hint="instant")
@@ -156,12 +221,32 @@ async def test_redis_down_fails_open_or_closed_by_tier(stack, make_caller) -> No
     await free.client.chat("redis is back", model_hint="instant")
 
 
+async def test_after_a_redis_restart_no_call_fails_on_a_dead_pooled_connection(stack, make_caller) -> None:
+    standard = await _limited_user(make_caller, tier="standard")
+    free = await _limited_user(make_caller, tier="free")  # fails closed: a Redis error would be UNAVAILABLE
+    # calls at once: the gateway's Redis pool holds several connections, all dead after the restart
+    await asyncio.gather(*(standard.client.chat(f"warm {i}", model_hint="instant") for i in range(8)))
+    await asyncio.to_thread(stack.restart, "redis")
+    for i in range(3):
+        await free.client.chat(f"after the restart {i}", model_hint="instant")
+
+
 async def test_a_priority_above_the_tier_is_permission_denied(make_caller) -> None:
     free = await _limited_user(make_caller, tier="free")
     with pytest.raises(MoteurClientError) as error:
         await free.client.chat("urgent", model_hint="instant", priority="critical")
     assert error.value.code is grpc.StatusCode.PERMISSION_DENIED
     assert "'critical'" in error.value.message
+
+
+async def test_an_unknown_priority_is_invalid_argument(stack, make_caller) -> None:
+    user = await _limited_user(make_caller)
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await gateway_pb2_grpc.GatewayStub(channel).Chat(
+                gateway_pb2.ChatRequest(message="hi", model_hint="instant", priority=42),
+                metadata=[("authorization", f"Bearer {user.key}")])
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "priority" in refused.value.details()
 
 
 async def test_limit_changes_are_checked_and_need_an_admin_key(make_caller, mallory) -> None:
@@ -184,6 +269,9 @@ async def test_limit_changes_are_checked_and_need_an_admin_key(make_caller, mall
     assert (await user.client.get_limits("user:u1")).requests_per_minute == 7
     # Another tenant's admin cannot see or touch them: scopes are always the caller's own tenant.
     assert (await mallory.client.get_limits("user:u1")).requests_per_minute != 7
+    other_admin = await make_caller(f"t-{new_id().lower()}", "", admin=True)
+    assert (await other_admin.client.set_limits("user:u1", requests_per_minute=1)).requests_per_minute == 1
+    assert (await user.client.get_limits("user:u1")).requests_per_minute == 7
 
 
 async def test_usage_is_reported_per_model_and_a_user_key_sees_only_its_own(make_caller) -> None:

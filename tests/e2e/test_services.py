@@ -11,7 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from moteur.devstack.stack import SERVICES
 from moteur.runtime.identity import Identity
-from moteur.v1 import memory_pb2, memory_pb2_grpc, router_pb2, router_pb2_grpc
+from moteur.v1 import router_pb2, router_pb2_grpc
 
 PROTO_SERVICE = {"gateway": "moteur.v1.Gateway", "router": "moteur.v1.Router", "memory": "moteur.v1.Memory",
                  "files": "moteur.v1.Files", "tools": "moteur.v1.Tools"}
@@ -54,13 +54,3 @@ async def test_internal_services_refuse_calls_without_the_gateways_identity(stac
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await router_pb2_grpc.RouterStub(channel).Complete(router_pb2.CompleteRequest(), timeout=5)
     assert error.value.code() is grpc.StatusCode.UNAUTHENTICATED
-
-
-async def test_rpcs_of_later_issues_are_unimplemented_with_a_clear_message(stack) -> None:
-    async with grpc.aio.insecure_channel(stack.address("memory")) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await memory_pb2_grpc.MemoryStub(channel).Search(
-                memory_pb2.SearchRequest(text="hello"), metadata=MESH_IDENTITY, timeout=5
-            )
-    assert error.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert "Memory.Search" in error.value.details() and "issue #6" in error.value.details()

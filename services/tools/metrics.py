@@ -1,0 +1,21 @@
+"""The tools service's own metrics: calls per tool and outcome, their duration, MCP servers and policy reloads."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from moteur.runtime.metrics import LATENCY_BUCKETS
+
+TOOL_CALLS = Counter("moteur_tool_calls_total", "Tool calls, by tool and outcome (ok or the error code).",
+                     ["tool", "outcome"])
+TOOL_LATENCY = Histogram("moteur_tool_call_duration_seconds", "Time of one tool call.", ["tool"],
+                         buckets=LATENCY_BUCKETS)
+
+MCP_STATES = ("connecting", "ready", "failed")
+MCP_SERVERS = Gauge("moteur_mcp_servers", "Configured MCP servers: 1 for the state each is in (connecting, ready, "
+                    "failed).", ["tenant", "server", "state"])
+MCP_CONNECTS = Counter("moteur_mcp_connects_total", "Connections made to an MCP server and its tools listed: more "
+                       "than one means it reconnected.", ["tenant", "server"])
+MCP_TOOLS = Gauge("moteur_mcp_tools", "Tools an MCP server lists into the registry.", ["tenant", "server"])
+TOOLS_CONFIG_RELOADS = Counter("moteur_tools_config_reloads_total",
+                               "Tool policy reloads, by outcome (ok, refused: the previous policy stays).", ["outcome"])
