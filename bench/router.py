@@ -1,10 +1,12 @@
 """Router overhead: the same OpenAI-compatible endpoint called directly with LangChain's ChatOpenAI vs
-through the router service (gRPC Complete → route → ChatOpenAI), at concurrency 1, 8 and 32; then the
-time a fallback costs when the first candidate fails.
+through the router service (gRPC Complete → route → ChatOpenAI), at concurrency 1, 8 and 32, beside a
+bare grpc.aio echo (the floor of any gRPC hop here); where the added time goes at concurrency 1, from the
+router's own metrics; then the time a fallback costs when the first candidate fails.
 
 The endpoint is the fault server (moteur.devstack.faults) in its own process, answering at once, so
-that the figures are the router's own cost and not a model's. Both paths run in one process each, on the
-same machine, in the same run: the differences are what matter.
+that the figures are the router's own cost and not a model's. The paths run in alternating rounds
+(echo, direct, routed, echo, …) so that a machine that slows down during the run slows all alike: the
+differences are what matter.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
+import openai
 import yaml
 from langchain_openai import ChatOpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.chat_path import _drive
+from bench.echo_server import METHOD
 from bench.stats import Figures
 from moteur.devstack.processes import ManagedProcess, free_port, port_open
 from moteur.runtime.identity import Identity
@@ -29,6 +35,9 @@ from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 CONCURRENCY = (1, 8, 32)
 SECONDS_PER_POINT = float(os.environ.get("BENCH_SECONDS", "6"))
+ROUNDS = 4  # each point is measured in ROUNDS alternating slices of SECONDS_PER_POINT / ROUNDS
+PATHS = ("echo", "direct", "router")
+Latencies = tuple[list[float], float]
 PAYLOAD = "What is the capital of France? Answer in one word."
 
 
@@ -51,14 +60,29 @@ def _registry(base_url: str) -> dict[str, object]:
     }
 
 
-async def _direct(base_url: str) -> list[Figures]:
-    chat = ChatOpenAI(model="ok", base_url=base_url, api_key="not-needed", max_retries=0, timeout=10)
+async def _echo(address: str, concurrency: int, seconds: float) -> Latencies:
+    async with grpc.aio.insecure_channel(address) as channel:
+        echo = channel.unary_unary(METHOD)
+        payload = _request(common_pb2.REQUEST_TYPE_CHAT).SerializeToString()
 
-    async def call(_: int) -> None:
-        await chat.ainvoke(PAYLOAD)
+        async def call(_: int) -> None:
+            await echo(payload, timeout=10)
 
-    await _drive(call, 1, 1.0)
-    return [Figures.of("direct", c, *await _drive(call, c, SECONDS_PER_POINT)) for c in CONCURRENCY]
+        await _drive(call, concurrency, 0.3)
+        return await _drive(call, concurrency, seconds)
+
+
+async def _direct(base_url: str, concurrency: int, seconds: float) -> Latencies:
+    # A client of this event loop: LangChain's shared default one would outlive it (each slice has its own).
+    async with openai.DefaultAsyncHttpxClient() as http:
+        chat = ChatOpenAI(model="ok", base_url=base_url, api_key="not-needed", max_retries=0, timeout=10,
+                          http_async_client=http)
+
+        async def call(_: int) -> None:
+            await chat.ainvoke(PAYLOAD)
+
+        await _drive(call, concurrency, 0.3)
+        return await _drive(call, concurrency, seconds)
 
 
 def _request(request_type: int) -> router_pb2.CompleteRequest:
@@ -67,66 +91,109 @@ def _request(request_type: int) -> router_pb2.CompleteRequest:
     )
 
 
-async def _routed(address: str) -> tuple[list[Figures], dict[str, Figures]]:
+async def _routed(address: str, concurrency: int, seconds: float,
+                  request_type: int = common_pb2.REQUEST_TYPE_CHAT) -> Latencies:
     metadata = Identity("bench", "bench-user", "standard").as_metadata()
+    request = _request(request_type)
     async with grpc.aio.insecure_channel(address) as channel:
         router = router_pb2_grpc.RouterStub(channel)
 
-        def caller(request_type: int):  # type: ignore[no-untyped-def]
-            request = _request(request_type)
+        async def call(_: int) -> None:
+            await router.Complete(request, metadata=metadata, timeout=10)
 
-            async def call(_: int) -> None:
-                await router.Complete(request, metadata=metadata, timeout=10)
+        await _drive(call, concurrency, 0.3)
+        return await _drive(call, concurrency, seconds)
 
-            return call
 
-        plain = caller(common_pb2.REQUEST_TYPE_CHAT)
-        await _drive(plain, 1, 1.0)
-        figures = [Figures.of("router", c, *await _drive(plain, c, SECONDS_PER_POINT)) for c in CONCURRENCY]
-        fallbacks = {
-            "first candidate answers HTTP 500": caller(common_pb2.REQUEST_TYPE_SUMMARIZE),
-            "first candidate refuses connections": caller(common_pb2.REQUEST_TYPE_EXTRACT),
-        }
-        fallback_figures = {}
-        for name, call in fallbacks.items():
-            await _drive(call, 1, 0.5)
-            fallback_figures[name] = Figures.of(name, 1, *await _drive(call, 1, SECONDS_PER_POINT / 2))
-        return figures, fallback_figures
+def _interleaved(addresses: dict[str, str], concurrency: int) -> dict[str, Figures]:
+    """One point, each path in ROUNDS alternating slices; a path's figures pool its slices."""
+    measure = {"echo": _echo, "direct": _direct, "router": _routed}
+    pooled: dict[str, tuple[list[float], float]] = {path: ([], 0.0) for path in PATHS}
+    for _ in range(ROUNDS):
+        for path in PATHS:
+            latencies, elapsed = asyncio.run(measure[path](addresses[path], concurrency, SECONDS_PER_POINT / ROUNDS))
+            pooled[path] = (pooled[path][0] + latencies, pooled[path][1] + elapsed)
+    return {path: Figures.of(path, concurrency, *pooled[path]) for path in PATHS}
+
+
+def _router_seconds(metrics_port: int) -> dict[str, tuple[float, float]]:
+    """(sum of seconds, count) of the router's Complete handler and of its model calls, so far."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    totals: dict[str, list[float]] = {"handler": [0.0, 0.0], "model": [0.0, 0.0]}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            which = ("handler" if family.name == "moteur_rpc_duration_seconds"
+                     and sample.labels.get("method") == "Complete" else
+                     "model" if family.name == "moteur_model_call_duration_seconds" else None)
+            if which and sample.name.endswith(("_sum", "_count")):
+                totals[which][sample.name.endswith("_count")] += sample.value
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+def _fallbacks(address: str) -> dict[str, Figures]:
+    cases = {"first candidate answers HTTP 500": common_pb2.REQUEST_TYPE_SUMMARIZE,
+             "first candidate refuses connections": common_pb2.REQUEST_TYPE_EXTRACT}
+    figures = {}
+    for name, request_type in cases.items():
+        figures[name] = Figures.of(name, 1, *asyncio.run(_routed(address, 1, SECONDS_PER_POINT / 2, request_type)))
+    return figures
 
 
 def main() -> dict[str, list[Figures]]:
-    fault_port, router_port = free_port(), free_port()
+    fault_port, router_port, metrics_port, echo_port = free_port(), free_port(), free_port(), free_port()
     faults = subprocess.Popen([sys.executable, "-m", "moteur.devstack.faults", str(fault_port)], stdout=subprocess.PIPE)
+    echo = subprocess.Popen([sys.executable, "-m", "bench.echo_server", str(echo_port)], stdout=subprocess.PIPE)
     base_url = f"http://127.0.0.1:{fault_port}/v1"
+    addresses = {"echo": f"127.0.0.1:{echo_port}", "direct": base_url, "router": f"127.0.0.1:{router_port}"}
+    points: list[dict[str, Figures]] = []
     with tempfile.TemporaryDirectory(prefix="moteur-bench-router-") as data_dir:
         models_file = Path(data_dir) / "models.yaml"
         models_file.write_text(yaml.safe_dump(_registry(base_url)))
-        env = {**os.environ, "MOTEUR_GRPC_PORT": str(router_port), "MOTEUR_METRICS_PORT": "0",
-               "MOTEUR_MODELS_FILE": str(models_file), "MOTEUR_LOG_LEVEL": "ERROR",
+        env = {**os.environ, "MOTEUR_GRPC_PORT": str(router_port), "MOTEUR_METRICS_PORT": str(metrics_port),
+               "MOTEUR_LISTEN_HOST": "127.0.0.1", "MOTEUR_MODELS_FILE": str(models_file), "MOTEUR_LOG_LEVEL": "ERROR",
                "MOTEUR_MEMORY_ADDR": f"127.0.0.1:{free_port()}"}
         router = ManagedProcess("router", [sys.executable, "-m", "moteur.router"], Path(data_dir) / "router.log",
                                 env=env, ready=lambda: port_open(router_port))
         try:
             assert faults.stdout is not None and faults.stdout.readline().startswith(b"ready")
+            assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
             router.start()
-            direct = asyncio.run(_direct(base_url))
-            routed, fallbacks = asyncio.run(_routed(f"127.0.0.1:{router_port}"))
+            for concurrency in CONCURRENCY:
+                before = _router_seconds(metrics_port)
+                points.append(_interleaved(addresses, concurrency))
+                if concurrency == 1:
+                    after = _router_seconds(metrics_port)
+                    inside = {k: (after[k][0] - before[k][0]) / (after[k][1] - before[k][1]) * 1000 for k in after}
+            fallbacks = _fallbacks(addresses["router"])
         finally:
             router.stop()
-            faults.terminate()
-            faults.wait()
+            for process in (faults, echo):
+                process.terminate()
+                process.wait()
     print("router overhead: ChatOpenAI → endpoint directly vs gRPC → router → ChatOpenAI → the same endpoint")
-    print(f"{'concurrency':>11} | {'direct p50':>10} {'p99':>8} {'rps':>6} | {'router p50':>10} {'p99':>8} "
-          f"{'rps':>6} | {'+p50 ms':>8} {'+p99 ms':>8}")
-    for d, r in zip(direct, routed, strict=True):
-        print(f"{d.concurrency:>11} | {d.p50_ms:>10.3f} {d.p99_ms:>8.3f} {d.throughput:>6.0f} | {r.p50_ms:>10.3f} "
-              f"{r.p99_ms:>8.3f} {r.throughput:>6.0f} | {r.p50_ms - d.p50_ms:>8.3f} {r.p99_ms - d.p99_ms:>8.3f}")
-    base = routed[0]
+    print(f"{'concurrency':>11} | {'echo p50':>8} | {'direct p50':>10} {'p99':>8} {'rps':>6} | {'router p50':>10} "
+          f"{'p99':>8} {'rps':>6} | {'+p50 ms':>8} {'+p99 ms':>8}")
+    for point in points:
+        e, d, r = (point[path] for path in PATHS)
+        print(f"{d.concurrency:>11} | {e.p50_ms:>8.3f} | {d.p50_ms:>10.3f} {d.p99_ms:>8.3f} {d.throughput:>6.0f} | "
+              f"{r.p50_ms:>10.3f} {r.p99_ms:>8.3f} {r.throughput:>6.0f} | {r.p50_ms - d.p50_ms:>8.3f} "
+              f"{r.p99_ms - d.p99_ms:>8.3f}")
+    one = points[0]
+    handler, model = inside["handler"], inside["model"]
+    print("where the added time goes at concurrency 1 (means; the router's side from its own metrics):")
+    print(f"  direct call {one['direct'].mean_ms:.3f} ms, routed call {one['router'].mean_ms:.3f} ms, of which:")
+    print(f"  the gRPC hop (routed call minus the router's handler): {one['router'].mean_ms - handler:.3f} ms "
+          f"(a bare grpc.aio echo: {one['echo'].mean_ms:.3f} ms)")
+    print(f"  the router's own work (its handler minus its model call): {handler - model:.3f} ms")
+    print(f"  the model call inside the router: {model:.3f} ms ({model - one['direct'].mean_ms:+.3f} ms against "
+          "the same call direct)")
+    base = one["router"]
     print("time to fall back (concurrency 1, one attempt per candidate), added to a routed call that succeeds first:")
     for name, figures in fallbacks.items():
         print(f"  {name:<40} p50 {figures.p50_ms:7.3f} ms (+{figures.p50_ms - base.p50_ms:.3f})  "
               f"p99 {figures.p99_ms:7.3f} ms")
-    return {"ChatOpenAI → endpoint": direct, "gRPC → router → endpoint": routed}
+    return {"ChatOpenAI → endpoint": [p["direct"] for p in points],
+            "gRPC → router → endpoint": [p["router"] for p in points]}
 
 
 if __name__ == "__main__":

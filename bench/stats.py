@@ -14,6 +14,7 @@ class Figures:
     seconds: float
     p50_ms: float
     p99_ms: float
+    mean_ms: float = 0.0
 
     @property
     def throughput(self) -> float:
@@ -22,4 +23,5 @@ class Figures:
     @classmethod
     def of(cls, name: str, concurrency: int, latencies: list[float], seconds: float) -> Figures:
         cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-        return cls(name, concurrency, len(latencies), seconds, cuts[49] * 1000, cuts[98] * 1000)
+        return cls(name, concurrency, len(latencies), seconds, cuts[49] * 1000, cuts[98] * 1000,
+                   statistics.fmean(latencies) * 1000)

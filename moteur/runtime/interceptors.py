@@ -82,8 +82,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return handler  # client-streaming and bidi calls are not part of the v1 API
 
     def _wrap_unary(self, full_method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        method = _Method(self._service, full_method)
+
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = _Call(self._service, full_method, context)
+            call = _Call(method, context)
             with call:
                 try:
                     return await behavior(request, context)
@@ -94,8 +96,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return unary
 
     def _wrap_stream(self, full_method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+        method = _Method(self._service, full_method)
+
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(self._service, full_method, context)
+            call = _Call(method, context)
             with call:
                 try:
                     async for message in behavior(request, context):
@@ -107,16 +111,34 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return stream
 
 
+class _Method:
+    """What every call of one method shares: its names, span attributes and metric series, looked up once."""
+
+    def __init__(self, service: str, full_method: str) -> None:
+        self.service = service
+        self.name = full_method.rsplit("/", 1)[-1]
+        self.span_name = full_method.lstrip("/")
+        self.span_attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": self.name}
+        self.quiet = full_method.startswith(_QUIET_PREFIXES)
+        self.in_flight = RPC_IN_FLIGHT.labels(service, self.name)
+        self._outcomes: dict[grpc.StatusCode, tuple[Any, Any]] = {}
+
+    def outcome(self, code: grpc.StatusCode) -> tuple[Any, Any]:
+        """The latency histogram and the request counter of calls that ended with ``code``."""
+        series = self._outcomes.get(code)
+        if series is None:
+            series = self._outcomes[code] = (RPC_LATENCY.labels(self.service, self.name, code.name),
+                                             RPC_REQUESTS.labels(self.service, self.name, code.name))
+        return series
+
+
 class _Call:
     """Book-keeping of one RPC: binds its context, then records its outcome once."""
 
-    def __init__(self, service: str, full_method: str, context: grpc.aio.ServicerContext) -> None:
-        self.service = service
-        self.method = full_method.rsplit("/", 1)[-1]
-        self.full_method = full_method
+    def __init__(self, method: _Method, context: grpc.aio.ServicerContext) -> None:
+        self.method = method
         self.context = context
         self.code = grpc.StatusCode.OK
-        self.quiet = full_method.startswith(_QUIET_PREFIXES)
 
     def __enter__(self) -> _Call:
         metadata = self.context.invocation_metadata()
@@ -128,13 +150,13 @@ class _Call:
             call_context.request_id_var.set(self.request_id),
             call_context.deadline_var.set(None if remaining is None else time.monotonic() + remaining),
         ]
-        structlog.contextvars.bind_contextvars(request_id=self.request_id, method=self.method)
+        structlog.contextvars.bind_contextvars(request_id=self.request_id, method=self.method.name)
         self._span = _tracer.start_as_current_span(
-            self.full_method.lstrip("/"), context=extract_context(metadata), kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": self.service, "rpc.method": self.method},
+            self.method.span_name, context=extract_context(metadata), kind=SpanKind.SERVER,
+            attributes=self.method.span_attributes,
         )
         self.span = self._span.__enter__()
-        RPC_IN_FLIGHT.labels(self.service, self.method).inc()
+        self.method.in_flight.inc()
         return self
 
     async def fail(self, exc: BaseException) -> None:
@@ -158,14 +180,15 @@ class _Call:
 
     def __exit__(self, *exc_info: object) -> None:
         elapsed = time.perf_counter() - self.started
-        RPC_IN_FLIGHT.labels(self.service, self.method).dec()
-        RPC_LATENCY.labels(self.service, self.method, self.code.name).observe(elapsed)
-        RPC_REQUESTS.labels(self.service, self.method, self.code.name).inc()
+        self.method.in_flight.dec()
+        latency, requests = self.method.outcome(self.code)
+        latency.observe(elapsed)
+        requests.inc()
         if self.code is not grpc.StatusCode.OK:
             self.span.set_status(Status(StatusCode.ERROR, self.code.name))
         self.span.set_attribute("rpc.grpc.status_code", self.code.value[0])
         self._span.__exit__(None, None, None)
-        if not self.quiet or self.code is not grpc.StatusCode.OK:
+        if not self.method.quiet or self.code is not grpc.StatusCode.OK:
             trace_id = format(self.span.get_span_context().trace_id, "032x")
             log.info("rpc", code=self.code.name, ms=round(elapsed * 1000, 2), tenant=self.tenant or None,
                      trace_id=trace_id)
