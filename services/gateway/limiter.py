@@ -99,6 +99,12 @@ def _period_ttls(now: datetime) -> tuple[int, int, str, str]:
     return math.ceil(day_end - stamp), math.ceil(month_end - stamp), now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
 
 
+def _period_of(quota_name: str, now: datetime) -> str:
+    """The period a quota counts in: this UTC day (YYYY-MM-DD) or month (YYYY-MM)."""
+    _, _, day, month = _period_ttls(now)
+    return day if quota_name in _DAILY else month
+
+
 class RateLimiter:
     def __init__(self, client: aioredis.Redis, catalog: LimitsCatalog, lease_seconds: float = 30.0) -> None:
         self._redis = client
@@ -130,9 +136,8 @@ class RateLimiter:
         refusal = _refusal(scope, name, int(retry_ms), int(limit_value), tokens)
         refusal.metadata = _budget(limits, reply[5:9]).as_metadata()  # a refusal tells the budget too
         if name in QUOTA_NAMES:  # a quota that refuses work is at 100 % for alerting, crossed or not
-            _, _, day, month = _period_ttls(datetime.now(UTC))
             refusal.quota_use = QuotaUse(scope, name, int(limit_value), int(limit_value),
-                                         day if name in _DAILY else month)
+                                         _period_of(name, datetime.now(UTC)))
         raise refusal
 
     async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> list[QuotaUse]:
@@ -150,14 +155,14 @@ class RateLimiter:
         except redis.exceptions.RedisError as exc:
             log.warning("limiter.settle_failed", error=str(exc))  # the lease expires on its own
             return []
-        _, _, day, month = _period_ttls(datetime.now(UTC))
+        now = datetime.now(UTC)
         uses = []
         n = len(QUOTA_NAMES)
         for i, (scope, limits) in enumerate(zip(admission.scopes, admission.limits, strict=True)):
             values = [int(v) for v in reply[1 + n * i: 1 + n * (i + 1)]]
             for name, used in zip(QUOTA_NAMES, values, strict=True):
                 if getattr(limits, name) > 0:
-                    uses.append(QuotaUse(scope, name, used, getattr(limits, name), day if name in _DAILY else month))
+                    uses.append(QuotaUse(scope, name, used, getattr(limits, name), _period_of(name, now)))
         return uses
 
     async def close(self) -> None:

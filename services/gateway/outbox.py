@@ -96,7 +96,7 @@ class MemoryOutbox:
     async def forget_user(self, tenant: str, user: str) -> None:
         """A forgotten user's messages not yet sent to memory are dropped, and their dead letters with them,
         so that none reaches memory after it forgot the user. (A batch a relay is sending at that very moment
-        can still land: relays hold no lease on what they send.)"""
+        may land after memory forgot: memory drops what is older than the forgetting, services/memory/forgotten.py.)"""
         await self._entries.delete_many({"tenant": tenant, "user": user})
         await self._dead.delete_many({"tenant": tenant, "user": user})
 

@@ -10,6 +10,7 @@ from moteur.memory.documents import DocumentStore
 from moteur.memory.embeddings import BatchingEmbedder, EmbeddingModel, MiniLMEmbeddings, ProviderEmbeddings
 from moteur.memory.extraction import LLMExtractor
 from moteur.memory.facts import FactMemory
+from moteur.memory.forgotten import ForgottenUsers
 from moteur.memory.servicer import MemoryServicer
 from moteur.memory.store import VectorStore
 from moteur.runtime.channels import open_channel
@@ -57,7 +58,8 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     try:
         yield [
             Registration(
-                memory_pb2.DESCRIPTOR.services_by_name["Memory"], MemoryServicer(embedder, store, facts, documents),
+                memory_pb2.DESCRIPTOR.services_by_name["Memory"],
+                MemoryServicer(embedder, store, facts, documents, ForgottenUsers(db)),
                 memory_pb2_grpc.add_MemoryServicer_to_server,
             )
         ]

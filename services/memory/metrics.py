@@ -12,3 +12,8 @@ EXTRACTIONS = Counter("moteur_memory_extractions_total", "Turns read for facts, 
                       ["extractor"])
 FACT_CHANGES = Counter("moteur_memory_fact_changes_total", "Decisions on candidate facts (add, update, delete, none).",
                        ["action", "extractor"])
+LATE_WRITES_DROPPED = Counter(
+    "moteur_memory_forgotten_writes_dropped_total",
+    "Records and extractions of a user's messages that arrived after the user was forgotten, dropped.", ["stage"])
+for _stage in ("upsert", "extract"):  # exported at 0 from the start, for the dashboard
+    LATE_WRITES_DROPPED.labels(_stage)

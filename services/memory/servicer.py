@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from moteur.memory.documents import DocumentStore
 from moteur.memory.embeddings import BatchingEmbedder
 from moteur.memory.facts import FactMemory, Turn
+from moteur.memory.forgotten import ForgottenUsers, created_ms_of
 from moteur.memory.store import Kind, MemoryRecord, SearchFilter, VectorStore
 from moteur.runtime.errors import InvalidArgument, NotFound
 from moteur.runtime.identity import mesh_identity
@@ -40,8 +41,9 @@ _ACTIONS = {"add": memory_pb2.FACT_ACTION_ADD, "update": memory_pb2.FACT_ACTION_
 
 class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     def __init__(self, embedder: BatchingEmbedder, store: VectorStore, facts: FactMemory,
-                 documents: DocumentStore) -> None:
+                 documents: DocumentStore, forgotten: ForgottenUsers) -> None:
         self._documents = documents
+        self._forgotten = forgotten
         self._embedder = embedder
         self._store = store
         self._facts = facts
@@ -83,8 +85,14 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
                 text=r.text, model=self._embedder.model_id, source_ids=tuple(r.source_ids),
                 **({"created_at_ms": created} if created else {}),
             ))
+        # A message sent before its user was forgotten (an outbox batch in flight then) would bring them back.
+        records = await self._forgotten.keep_newer(
+            identity.tenant, [(r.user, r.created_at_ms, r) for r in records], "upsert")
+        if not records:
+            return memory_pb2.UpsertResponse()
         # Facts keep the trace of a hand edit: their previous text is read first (messages need not be).
-        edited = [r.id for r in request.records if r.id and r.kind == memory_pb2.MEMORY_KIND_FACT]
+        kept = {r.id for r in records}
+        edited = [r.id for r in request.records if r.id in kept and r.kind == memory_pb2.MEMORY_KIND_FACT]
         before = {r.id: r for r in await self._store.get(SearchFilter(tenant=identity.tenant, ids=edited))} \
             if edited else {}
         vectors = await self._embedder.embed([r.text for r in records])
@@ -134,13 +142,16 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
                 deleted=await self._documents.delete(identity.tenant, request.document_id, request.user_id))
         if not (request.ids or request.user_id or request.session_id):
             raise InvalidArgument("ids", "name the memories to delete: ids, a document, or a user and/or a session")
+        forgets_user = bool(request.user_id) and not (request.session_id or request.ids or request.kinds)
+        if forgets_user:  # before deleting: what is still on its way for the user must not bring them back
+            await self._forgotten.forget(identity.tenant, request.user_id)
         where = SearchFilter(tenant=identity.tenant, user=request.user_id, session=request.session_id,
                              ids=list(request.ids), kinds=self._kinds(request.kinds))
         facts = [r for r in await self._store.get(where, limit=len(request.ids)) if r.kind == "fact"] \
             if request.ids else []
         deleted = await self._store.delete(where)
         await self._facts.deleted(facts)
-        if request.user_id and not (request.session_id or request.ids or request.kinds):
+        if forgets_user:
             await self._facts.forget(identity.tenant, request.user_id)
             await self._documents.forget(identity.tenant, request.user_id)
         return memory_pb2.DeleteMemoriesResponse(deleted=deleted)
@@ -196,6 +207,10 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         _text(request.user_message, "user_message")
         if len(request.assistant_message) > MAX_REPLY_CHARS:
             raise InvalidArgument("assistant_message", f"at most {MAX_REPLY_CHARS:,} characters")
+        created_ms = created_ms_of(request.source_ids)
+        if created_ms is not None and not await self._forgotten.keep_newer(
+                identity.tenant, [(request.user_id, created_ms, request)], "extract"):
+            return memory_pb2.ExtractResponse()  # the user was forgotten after this message: nothing is read
         changes, extractor = await self._facts.extract(Turn(
             identity.tenant, request.user_id, request.session_id, request.user_message, request.assistant_message,
             tuple(request.source_ids),

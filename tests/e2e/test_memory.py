@@ -121,3 +121,36 @@ async def test_a_vector_query_from_the_same_model_finds_the_text(memory) -> None
     embedded = await memory.Embed(memory_pb2.EmbedRequest(texts=["cycling"]), metadata=_mesh(tenant), timeout=30)
     found = await _search(memory, tenant, vector=embedded.embeddings[0], embedding_model=embedded.model)
     assert [h.record.id for h in found.hits] == [memory_id]
+
+
+async def test_what_was_on_its_way_when_a_user_was_forgotten_does_not_bring_them_back(memory) -> None:
+    # An outbox batch read just before ForgetUser reaches memory just after it: its records and its fact
+    # extraction are of messages older than the forgetting, and are dropped; what the user says later is kept.
+    tenant, session = f"mem-{new_id()}", new_id()
+    before_id, before = new_id(), Timestamp()
+    before.GetCurrentTime()
+    await memory.Delete(memory_pb2.DeleteMemoriesRequest(user_id="u"), metadata=_mesh(tenant), timeout=30)
+
+    late = memory_pb2.MemoryRecord(id=before_id, user_id="u", session_id=session, kind=MESSAGE,
+                                   text="user: I live in Brest.", source_ids=[before_id], created_at=before)
+    assert await _upsert(memory, tenant, late) == []
+    extracted = await memory.Extract(memory_pb2.ExtractRequest(
+        user_id="u", session_id=session, user_message="I live in Brest.", source_ids=[before_id],
+    ), metadata=Identity(tenant, "u", "").as_metadata(), timeout=60)
+    assert not extracted.changes and extracted.extractor == ""
+    listed = await memory.List(memory_pb2.ListMemoriesRequest(user_id="u"), metadata=_mesh(tenant), timeout=30)
+    assert not listed.records
+
+    after_id = new_id()
+    now = Timestamp()
+    now.GetCurrentTime()
+    assert await _upsert(memory, tenant, memory_pb2.MemoryRecord(
+        id=after_id, user_id="u", session_id=session, kind=MESSAGE, text="user: I moved to Rennes.",
+        source_ids=[after_id], created_at=now)) == [after_id]
+    extracted = await memory.Extract(memory_pb2.ExtractRequest(
+        user_id="u", session_id=session, user_message="I live in Rennes.", source_ids=[after_id],
+    ), metadata=Identity(tenant, "u", "").as_metadata(), timeout=60)
+    assert extracted.extractor
+    # Another user of the tenant, never forgotten, is not affected by the first one's forgetting.
+    assert await _upsert(memory, tenant, memory_pb2.MemoryRecord(
+        id=before_id, user_id="v", kind=MESSAGE, text="user: hello", created_at=before)) == [before_id]
