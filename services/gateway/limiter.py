@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import functools
 import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -90,19 +92,31 @@ class QuotaUse:
     period: str  # "2026-11-24" or "2026-11"
 
 
-def _period_ttls(now: datetime) -> tuple[int, int, str, str]:
-    """Seconds to the end of this UTC day and month, and their names."""
+class _Periods(NamedTuple):
+    """This UTC day and month: seconds to their ends (the quota keys' TTLs) and their names (key suffixes)."""
+
+    day_ttl: int
+    month_ttl: int
+    day: str
+    month: str
+
+    def of(self, quota_name: str) -> str:
+        """The period a quota counts in."""
+        return self.day if quota_name in _DAILY else self.month
+
+
+def _periods() -> _Periods:
+    return _periods_at(int(time.time()))
+
+
+@functools.lru_cache(maxsize=2)  # every admission and settlement within one second shares them
+def _periods_at(second: int) -> _Periods:
+    now = datetime.fromtimestamp(second, UTC)
     day_end = datetime(now.year, now.month, now.day, tzinfo=UTC).timestamp() + 86400
     last = calendar.monthrange(now.year, now.month)[1]
     month_end = datetime(now.year, now.month, last, tzinfo=UTC).timestamp() + 86400
-    stamp = now.timestamp()
-    return math.ceil(day_end - stamp), math.ceil(month_end - stamp), now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
-
-
-def _period_of(quota_name: str, now: datetime) -> str:
-    """The period a quota counts in: this UTC day (YYYY-MM-DD) or month (YYYY-MM)."""
-    _, _, day, month = _period_ttls(now)
-    return day if quota_name in _DAILY else month
+    return _Periods(math.ceil(day_end - second), math.ceil(month_end - second), now.strftime("%Y-%m-%d"),
+                    now.strftime("%Y-%m"))
 
 
 class RateLimiter:
@@ -136,8 +150,7 @@ class RateLimiter:
         refusal = _refusal(scope, name, int(retry_ms), int(limit_value), tokens)
         refusal.metadata = _budget(limits, reply[5:9]).as_metadata()  # a refusal tells the budget too
         if name in QUOTA_NAMES:  # a quota that refuses work is at 100 % for alerting, crossed or not
-            refusal.quota_use = QuotaUse(scope, name, int(limit_value), int(limit_value),
-                                         _period_of(name, datetime.now(UTC)))
+            refusal.quota_use = QuotaUse(scope, name, int(limit_value), int(limit_value), _periods().of(name))
         raise refusal
 
     async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> list[QuotaUse]:
@@ -155,14 +168,14 @@ class RateLimiter:
         except redis.exceptions.RedisError as exc:
             log.warning("limiter.settle_failed", error=str(exc))  # the lease expires on its own
             return []
-        now = datetime.now(UTC)
+        periods = _periods()
         uses = []
         n = len(QUOTA_NAMES)
         for i, (scope, limits) in enumerate(zip(admission.scopes, admission.limits, strict=True)):
             values = [int(v) for v in reply[1 + n * i: 1 + n * (i + 1)]]
             for name, used in zip(QUOTA_NAMES, values, strict=True):
                 if getattr(limits, name) > 0:
-                    uses.append(QuotaUse(scope, name, used, getattr(limits, name), _period_of(name, now)))
+                    uses.append(QuotaUse(scope, name, used, getattr(limits, name), periods.of(name)))
         return uses
 
     async def close(self) -> None:
@@ -199,7 +212,7 @@ class RateLimiter:
         await self.settle(admission, 0, 0)
 
     async def _run(self, op: str, admission: Admission, tokens: int, cost: int) -> list[object]:
-        day_ttl, month_ttl, day, month = _period_ttls(datetime.now(UTC))
+        day_ttl, month_ttl, day, month = _periods()
         typical_ms = int(self._typical_call_seconds(admission.scopes[-1].tenant) * 1000)
         keys, args = [], [op, len(admission.scopes), tokens, admission.lease_id, int(self._lease_seconds * 1000),
                           day_ttl, month_ttl, cost, typical_ms]
