@@ -1,11 +1,12 @@
 """Router overhead: the same OpenAI-compatible endpoint called directly with LangChain's ChatOpenAI vs
-through the router service (gRPC Complete → route → ChatOpenAI), at concurrency 1, 8 and 32, beside a
-bare grpc.aio echo (the floor of any gRPC hop here); where the added time goes at concurrency 1, from the
+through the router service (gRPC Complete → route → ChatOpenAI), at concurrency 1, 8 and 32, beside two
+floors: a bare grpc.aio echo (any gRPC hop here) and a bare grpc.aio server whose handler only calls the
+same ChatOpenAI (any gRPC front of that client); where the added time goes at concurrency 1, from the
 router's own metrics; then the time a fallback costs when the first candidate fails.
 
 The endpoint is the fault server (moteur.devstack.faults) in its own process, answering at once, so
 that the figures are the router's own cost and not a model's. The paths run in alternating rounds
-(echo, direct, routed, echo, …) so that a machine that slows down during the run slows all alike: the
+(echo, direct, bare front, routed, echo, …) so that a machine that slows down during the run slows all alike: the
 differences are what matter.
 """
 
@@ -36,7 +37,7 @@ from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc
 CONCURRENCY = (1, 8, 32)
 SECONDS_PER_POINT = float(os.environ.get("BENCH_SECONDS", "6"))
 ROUNDS = 4  # each point is measured in ROUNDS alternating slices of SECONDS_PER_POINT / ROUNDS
-PATHS = ("echo", "direct", "router")
+PATHS = ("echo", "direct", "front", "router")
 Latencies = tuple[list[float], float]
 PAYLOAD = "What is the capital of France? Answer in one word."
 
@@ -60,13 +61,13 @@ def _registry(base_url: str) -> dict[str, object]:
     }
 
 
-async def _echo(address: str, concurrency: int, seconds: float) -> Latencies:
+async def _bare(address: str, concurrency: int, seconds: float, payload: bytes) -> Latencies:
+    """Calls to bench.echo_server: an echo, or (run with an endpoint) ChatOpenAI behind a bare gRPC server."""
     async with grpc.aio.insecure_channel(address) as channel:
-        echo = channel.unary_unary(METHOD)
-        payload = _request(common_pb2.REQUEST_TYPE_CHAT).SerializeToString()
+        bare = channel.unary_unary(METHOD)
 
         async def call(_: int) -> None:
-            await echo(payload, timeout=10)
+            await bare(payload, timeout=10)
 
         await _drive(call, concurrency, 0.3)
         return await _drive(call, concurrency, seconds)
@@ -107,7 +108,9 @@ async def _routed(address: str, concurrency: int, seconds: float,
 
 def _interleaved(addresses: dict[str, str], concurrency: int) -> dict[str, Figures]:
     """One point, each path in ROUNDS alternating slices; a path's figures pool its slices."""
-    measure = {"echo": _echo, "direct": _direct, "router": _routed}
+    echoed = _request(common_pb2.REQUEST_TYPE_CHAT).SerializeToString()
+    measure = {"echo": lambda a, c, s: _bare(a, c, s, echoed), "direct": _direct,
+               "front": lambda a, c, s: _bare(a, c, s, PAYLOAD.encode()), "router": _routed}
     pooled: dict[str, tuple[list[float], float]] = {path: ([], 0.0) for path in PATHS}
     for _ in range(ROUNDS):
         for path in PATHS:
@@ -140,11 +143,13 @@ def _fallbacks(address: str) -> dict[str, Figures]:
 
 
 def main() -> dict[str, list[Figures]]:
-    fault_port, router_port, metrics_port, echo_port = free_port(), free_port(), free_port(), free_port()
+    fault_port, router_port, metrics_port, echo_port, front_port = (free_port() for _ in range(5))
     faults = subprocess.Popen([sys.executable, "-m", "moteur.devstack.faults", str(fault_port)], stdout=subprocess.PIPE)
-    echo = subprocess.Popen([sys.executable, "-m", "bench.echo_server", str(echo_port)], stdout=subprocess.PIPE)
     base_url = f"http://127.0.0.1:{fault_port}/v1"
-    addresses = {"echo": f"127.0.0.1:{echo_port}", "direct": base_url, "router": f"127.0.0.1:{router_port}"}
+    floors = [subprocess.Popen([sys.executable, "-m", "bench.echo_server", *args], stdout=subprocess.PIPE)
+              for args in ([str(echo_port)], [str(front_port), base_url])]
+    addresses = {"echo": f"127.0.0.1:{echo_port}", "direct": base_url, "front": f"127.0.0.1:{front_port}",
+                 "router": f"127.0.0.1:{router_port}"}
     points: list[dict[str, Figures]] = []
     with tempfile.TemporaryDirectory(prefix="moteur-bench-router-") as data_dir:
         models_file = Path(data_dir) / "models.yaml"
@@ -156,7 +161,7 @@ def main() -> dict[str, list[Figures]]:
                                 env=env, ready=lambda: port_open(router_port))
         try:
             assert faults.stdout is not None and faults.stdout.readline().startswith(b"ready")
-            assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
+            assert all(f.stdout is not None and f.stdout.readline().strip() == b"ready" for f in floors)
             router.start()
             for concurrency in CONCURRENCY:
                 before = _router_seconds(metrics_port)
@@ -167,17 +172,19 @@ def main() -> dict[str, list[Figures]]:
             fallbacks = _fallbacks(addresses["router"])
         finally:
             router.stop()
-            for process in (faults, echo):
+            for process in (faults, *floors):
                 process.terminate()
                 process.wait()
-    print("router overhead: ChatOpenAI → endpoint directly vs gRPC → router → ChatOpenAI → the same endpoint")
-    print(f"{'concurrency':>11} | {'echo p50':>8} | {'direct p50':>10} {'p99':>8} {'rps':>6} | {'router p50':>10} "
-          f"{'p99':>8} {'rps':>6} | {'+p50 ms':>8} {'+p99 ms':>8}")
+    print("router overhead: ChatOpenAI → endpoint directly vs gRPC → router → ChatOpenAI → the same endpoint;")
+    print("floors: a bare grpc.aio echo, and a bare grpc.aio server whose handler only calls the same ChatOpenAI")
+    print(f"{'concurrency':>11} | {'echo p50':>8} | {'direct p50':>10} {'p99':>8} {'rps':>6} | {'bare front':>10} | "
+          f"{'router p50':>10} {'p99':>8} {'rps':>6} | {'+p50 ms':>8} {'+p99 ms':>8} | {'vs front':>8}")
     for point in points:
-        e, d, r = (point[path] for path in PATHS)
+        e, d, f, r = (point[path] for path in PATHS)
         print(f"{d.concurrency:>11} | {e.p50_ms:>8.3f} | {d.p50_ms:>10.3f} {d.p99_ms:>8.3f} {d.throughput:>6.0f} | "
-              f"{r.p50_ms:>10.3f} {r.p99_ms:>8.3f} {r.throughput:>6.0f} | {r.p50_ms - d.p50_ms:>8.3f} "
-              f"{r.p99_ms - d.p99_ms:>8.3f}")
+              f"{f.p50_ms:>10.3f} | {r.p50_ms:>10.3f} {r.p99_ms:>8.3f} {r.throughput:>6.0f} | "
+              f"{r.p50_ms - d.p50_ms:>8.3f} {r.p99_ms - d.p99_ms:>8.3f} | {r.p50_ms - f.p50_ms:>8.3f}")
+    print("+p50/+p99: the router over the direct call; vs front: the router over the bare gRPC front (its own cost)")
     one = points[0]
     handler, model = inside["handler"], inside["model"]
     print("where the added time goes at concurrency 1 (means; the router's side from its own metrics):")
