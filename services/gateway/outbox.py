@@ -8,10 +8,14 @@ every ``sweep_seconds`` for entries another replica left behind when it stopped.
 turn allows memory is also sent to ``Memory.Extract``, which reads it for facts about the user. Texts are
 trimmed to what memory accepts (a chat message may be four times longer).
 
-Invariant: a failure that may pass (memory, Milvus or the store down, a deadline) loses nothing — the batch
-stays and is sent again. A refusal that cannot pass (``PERMANENT``: sending the same entry again gets the same
-answer) never holds back the entries behind it: that entry alone moves to ``memory_outbox_dead`` with the
-error, is counted and logged, and the relay goes on.
+Invariant: an outage (``OUTAGE``: memory, Milvus or the store down, a deadline) loses nothing — the batch
+stays and is sent again, however long it lasts. A refusal that cannot pass (``PERMANENT``: sending the same
+entry again gets the same answer) never holds back the entries behind it: that entry alone moves to
+``memory_outbox_dead`` with the error, is counted and logged, and the relay goes on. Any other failure
+(INTERNAL, UNKNOWN…: a bug memory hits on some input) is told apart by sending one entry at a time: an
+entry that fails while others of the same pass go through gets a strike, and ``MAX_STRIKES`` strikes send it
+to the dead letters too — one poisoned message cannot stall every tenant's memory. When nothing of a pass
+goes through, the failure is taken as memory's: nothing is struck, and the pass is retried like an outage.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ BATCH = 64
 # Answers about the entry itself, not about memory's health: the same entry gets them again.
 PERMANENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                        grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE})
+# Answers about memory's health, not about the entry: the entries wait, with no limit.
+OUTAGE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED})
+MAX_STRIKES = 5  # failures of one entry, while others went through, before it is dead-lettered
 MALFORMED = "malformed"  # an entry this relay cannot read (a field missing or of the wrong type)
 
 Entry = dict[str, Any]
@@ -62,7 +70,7 @@ class MemoryOutbox:
         self._max_backoff = max_backoff_seconds
         self._wake = asyncio.Event()
         self._relay: asyncio.Task[None] | None = None
-        for reason in (*(_reason(code) for code in PERMANENT), MALFORMED):
+        for reason in (*(_reason(code) for code in PERMANENT), MALFORMED, "internal", "unknown"):
             # Exported at 0 from the start: the first dead letter is then an increase an alert sees.
             OUTBOX_DEAD_LETTERS.labels(reason)
 
@@ -146,31 +154,58 @@ class MemoryOutbox:
                 await self._bury(entry, "read", MALFORMED, f"{type(exc).__name__}: {exc}")
         for tenant, entry, request in forgets:
             await self._forget(tenant, entry, request)
+        suspects: list[tuple[Entry, str, MoteurError]] = []  # failures that may be the entry's own
+        went_through = 0
         for tenant, batch in by_tenant.items():
-            # A failure that may pass leaves the batch to be sent again: Upsert replaces by id, and facts
-            # already known are merged as NONE.
-            stored = await self._upsert(tenant, batch)
+            # An outage raises out of here: the entries not yet delivered wait for the next pass. A resend
+            # replaces by id (Upsert), and facts already known are merged as NONE (Extract).
+            stored, failed = await self._upsert(tenant, batch)
+            suspects += [(message.entry, "upsert", error) for message, error in failed]
+            delivered = []
             for message in stored:
                 if message.extract is not None:
-                    await self._extract(tenant, message.entry, message.extract)
-            await self._entries.delete_many({"_id": {"$in": [m.entry["_id"] for m in stored]}})
-            OUTBOX_DELIVERED.inc(len(stored))
+                    try:
+                        await self._extract(tenant, message.entry, message.extract)
+                    except MoteurError as exc:
+                        if exc.code in OUTAGE:
+                            raise
+                        suspects.append((message.entry, "extract", exc))  # stored; its facts wait
+                        continue
+                delivered.append(message.entry["_id"])
+            await self._entries.delete_many({"_id": {"$in": delivered}})
+            OUTBOX_DELIVERED.inc(len(delivered))
+            went_through += len(delivered)
+        if suspects and not went_through:
+            raise suspects[0][2]  # nothing went through: memory's failure, not the entries'
+        for entry, stage, error in suspects:
+            await self._strike(entry, stage, error)
         return len(entries)
 
-    async def _upsert(self, tenant: str, batch: list[_Message]) -> list[_Message]:
-        """The messages memory stored. Memory refuses a whole request for one bad record, so a batch refused
-        for good is sent again one message at a time, and only the one refused alone is dead-lettered."""
+    async def _upsert(
+        self, tenant: str, batch: list[_Message]
+    ) -> tuple[list[_Message], list[tuple[_Message, MoteurError]]]:
+        """The messages memory stored, and those it failed on for a reason that may be theirs. Memory refuses
+        a whole request for one bad record, so a batch refused for anything but an outage is sent again one
+        message at a time; a message refused alone for good is dead-lettered here."""
         request = memory_pb2.UpsertRequest(records=[m.record for m in batch])
         try:
             await call_service(self._memory.Upsert, request, "memory", Identity(tenant, "", ""), timeout=30)
-            return batch
+            return batch, []
         except MoteurError as exc:
-            if exc.code not in PERMANENT:
+            if exc.code in OUTAGE:
                 raise
             if len(batch) == 1:
-                await self._bury(batch[0].entry, "upsert", _reason(exc.code), exc.message)
-                return []
-        return [stored for one in batch for stored in await self._upsert(tenant, [one])]
+                if exc.code in PERMANENT:
+                    await self._bury(batch[0].entry, "upsert", _reason(exc.code), exc.message)
+                    return [], []
+                return [], [(batch[0], exc)]
+        stored: list[_Message] = []
+        failed: list[tuple[_Message, MoteurError]] = []
+        for one in batch:
+            one_stored, one_failed = await self._upsert(tenant, [one])
+            stored += one_stored
+            failed += one_failed
+        return stored, failed
 
     async def _extract(self, tenant: str, entry: Entry, request: memory_pb2.ExtractRequest) -> None:
         identity = Identity(tenant, request.user_id, "")
@@ -181,6 +216,16 @@ class MemoryOutbox:
                 raise
             # The message itself is stored; only the facts it held are not.
             await self._bury(entry, "extract", _reason(exc.code), exc.message)
+
+    async def _strike(self, entry: Entry, stage: str, error: MoteurError) -> None:
+        """An entry failed while others went through: after MAX_STRIKES such passes it is dead-lettered."""
+        strikes = int(entry.get("strikes", 0)) + 1
+        if strikes >= MAX_STRIKES:
+            await self._bury(entry, stage, _reason(error.code), f"{error.message} ({strikes} times)")
+            return
+        await self._entries.update_one({"_id": entry["_id"]}, {"$set": {"strikes": strikes}})
+        log.warning("outbox.entry_failed", entry_id=str(entry["_id"]), tenant=entry.get("tenant"), stage=stage,
+                    code=error.code.name, strikes=strikes, error=error.message[:300])
 
     async def _forget(self, tenant: str, entry: Entry, request: memory_pb2.DeleteMemoriesRequest) -> None:
         try:
