@@ -15,6 +15,7 @@ from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from moteur.files.templates import Template
+from moteur.runtime.mongo import insert_new
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class FileStore:
         await self._files.create_index([("expires_at", 1)])
 
     async def insert(self, record: FileRecord) -> None:
-        await self._files.insert_one(record.document())
+        await insert_new(self._files, record.document())
 
     async def get(self, tenant: str, file_id: str, user: str, now: datetime.datetime) -> FileRecord | None:
         """The tenant's file, if ``user`` (when set) owns it and it has not expired."""

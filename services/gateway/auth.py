@@ -23,6 +23,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from moteur.runtime.errors import InvalidArgument, Unauthenticated
 from moteur.runtime.identity import Identity, metadata_value
 from moteur.runtime.ids import new_id
+from moteur.runtime.mongo import insert_new
 
 KEY_PREFIX = "mot_"
 TIERS = ("free", "standard", "pro", "enterprise", "service")
@@ -70,7 +71,7 @@ class ApiKeyStore:
             raise InvalidArgument("tier", f"one of {', '.join(TIERS)}")
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(new_id(), tenant, user, tier, name, datetime.now(UTC), admin)
-        await self._keys.insert_one(
+        await insert_new(self._keys,
             {"_id": key.key_id, "hash": hash_key(plaintext), "tenant": tenant, "user": user, "tier": tier,
              "name": name, "created_at": key.created_at, "revoked": False, "admin": admin}
         )

@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
-from pymongo import InsertOne
+from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from moteur.gateway.metrics import OUTBOX_BACKLOG, OUTBOX_DEAD_LETTERS, OUTBOX_DELIVERED, OUTBOX_FAILURES
@@ -41,6 +41,7 @@ from moteur.runtime.errors import MoteurError
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import new_id
 from moteur.runtime.memory_limits import MAX_REPLY_CHARS, MAX_TEXT_CHARS
+from moteur.runtime.mongo import insert_new, insert_once
 from moteur.runtime.tasks import cancel_and_wait
 from moteur.v1 import memory_pb2, memory_pb2_grpc
 
@@ -79,7 +80,7 @@ class MemoryOutbox:
         await self._dead.create_index("dead_at", expireAfterSeconds=DEAD_LETTER_SECONDS)
         await self._dead.create_index([("tenant", 1), ("user", 1)])
 
-    def writes(self, session: Session, messages: Sequence[StoredMessage], extract: bool = False) -> list[InsertOne]:
+    def writes(self, session: Session, messages: Sequence[StoredMessage], extract: bool = False) -> list[UpdateOne]:
         """Outbox entries for ``messages``, to send in the same bulk write as the messages. With ``extract``,
         the user's message is also read for facts (with the answer that followed it, when there is one)."""
         entries = []
@@ -91,14 +92,14 @@ class MemoryOutbox:
             if extract and m.role == "user" and session.user:
                 reply = messages[index + 1].content if index + 1 < len(messages) else ""
                 entry |= {"extract": True, "reply": reply}
-            entries.append(InsertOne(entry, namespace=self._entries.full_name))
+            entries.append(insert_once(entry, self._entries.full_name))
         return entries
 
     async def forget_session(self, tenant: str, session_id: str) -> None:
         """A deleted session leaves memory too: pending entries are dropped and the deletion is queued, so it
         happens even if memory is down now."""
         await self._entries.delete_many({"tenant": tenant, "session": session_id, "op": {"$ne": "forget"}})
-        await self._entries.insert_one({"_id": new_id(), "op": "forget", "tenant": tenant, "session": session_id})
+        await insert_new(self._entries, {"_id": new_id(), "op": "forget", "tenant": tenant, "session": session_id})
         self._wake.set()
 
     async def forget_user(self, tenant: str, user: str) -> None:

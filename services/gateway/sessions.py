@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pymongo import DESCENDING, InsertOne, UpdateOne
+from pymongo import DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from moteur.runtime.errors import InvalidArgument, NotFound
 from moteur.runtime.ids import is_valid_id, new_id
+from moteur.runtime.mongo import insert_new, insert_once
 
 RECENT_MESSAGES = 50
 Role = Literal["user", "assistant", "system", "tool"]
@@ -135,7 +136,7 @@ class SessionStore:
 
     async def create(self, tenant: str, user: str, title: str = "", metadata: dict[str, str] | None = None) -> Session:
         session = self.new(tenant, user, title, metadata)
-        await self._sessions.insert_one(session.to_doc())
+        await insert_new(self._sessions, session.to_doc())
         session.stored = True
         return session
 
@@ -147,13 +148,13 @@ class SessionStore:
 
     def turn_writes(
         self, session: Session, messages: Sequence[StoredMessage], pending: dict[str, Any] | None = None
-    ) -> list[InsertOne | UpdateOne]:
+    ) -> list[UpdateOne]:
         """The writes that persist ``messages`` in ``session`` (and the session itself when new), and set
         the session's pending turn to ``pending`` (None: no turn waits any more)."""
         docs = [m.to_doc() for m in messages]
-        writes: list[InsertOne | UpdateOne] = [
-            InsertOne({**d, "tenant": session.tenant, "session_id": session.id, "user": session.user},
-                      namespace=self._messages.full_name)
+        writes: list[UpdateOne] = [
+            insert_once({**d, "tenant": session.tenant, "session_id": session.id, "user": session.user},
+                        self._messages.full_name)
             for d in docs
         ]
         if not session.stored:
@@ -162,7 +163,7 @@ class SessionStore:
             doc = session.to_doc()
             if pending is not None:
                 doc["pending"] = pending
-            writes.append(InsertOne(doc, namespace=self._sessions.full_name))
+            writes.append(insert_once(doc, self._sessions.full_name))
             return writes
         update: dict[str, Any] = {
             "$push": {"recent": {"$each": docs, "$slice": -RECENT_MESSAGES}},
@@ -173,8 +174,9 @@ class SessionStore:
             update["$set"]["pending"] = pending
         elif session.pending is not None:
             update["$unset"] = {"pending": ""}
-        writes.append(UpdateOne({"_id": session.id, "tenant": session.tenant}, update,
-                                namespace=self._sessions.full_name))
+        # Applied once: a second sending of the same turn finds its last message in the window already.
+        writes.append(UpdateOne({"_id": session.id, "tenant": session.tenant, "recent._id": {"$ne": docs[-1]["_id"]}},
+                                update, namespace=self._sessions.full_name))
         return writes
 
     async def claim_pending(self, scope: Scope, session_id: str, pending_id: str, lease_seconds: float) -> bool:

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import InsertOne
+from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import new_id
+from moteur.runtime.mongo import insert_once
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +48,12 @@ class UsageLedger:
     async def ensure_indexes(self) -> None:
         await self._usage.create_index([("tenant", 1), ("created_at", 1)])
 
-    def record_write(self, identity: Identity, user: str, session_id: str, model: str, usage: TokenUsage) -> InsertOne:
+    def record_write(self, identity: Identity, user: str, session_id: str, model: str, usage: TokenUsage) -> UpdateOne:
         """The write that records one turn's usage, sent with the turn's messages."""
-        return InsertOne(
+        return insert_once(
             {"_id": new_id(), "tenant": identity.tenant, "key_id": identity.key_id, "user": user,
              "session_id": session_id, "model": model, **usage.as_dict(), "created_at": datetime.now(UTC)},
-            namespace=self._usage.full_name,
+            self._usage.full_name,
         )
 
 

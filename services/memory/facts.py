@@ -26,6 +26,7 @@ from moteur.memory.metrics import EXTRACTIONS, FACT_CHANGES
 from moteur.memory.store import MemoryRecord, SearchFilter, VectorStore
 from moteur.runtime.errors import MoteurError
 from moteur.runtime.ids import new_id
+from moteur.runtime.mongo import insert_new
 
 log = structlog.get_logger("moteur.memory.facts")
 
@@ -119,7 +120,7 @@ class FactMemory:
         return stored[0] if stored else None
 
     async def _remember(self, action: str, turn: Turn, fact: MemoryRecord, previous: str) -> None:
-        await self._history.insert_one({
+        await insert_new(self._history, {
             "_id": new_id(), "tenant": turn.tenant, "user": turn.user, "fact_id": fact.id, "action": action,
             "text": fact.text, "previous_text": previous, "session": turn.session,
             "source_ids": list(turn.source_ids), "at": datetime.datetime.now(datetime.UTC),

@@ -13,6 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from moteur.runtime.errors import InvalidArgument, NotFound
 from moteur.runtime.identity import mesh_identity
 from moteur.runtime.ids import new_id
+from moteur.runtime.mongo import insert_new
 from moteur.tools.access import ToolAccess
 from moteur.tools.registry import TOOL_NAME, Caller, Registry, ToolSpec
 from moteur.v1 import common_pb2, tools_pb2, tools_pb2_grpc
@@ -51,7 +52,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
         if len(call.arguments_json.encode()) > MAX_ARGUMENTS_BYTES:
             raise InvalidArgument("call.arguments_json", f"at most {MAX_ARGUMENTS_BYTES:,} bytes")
         outcome = await self._registry.invoke(call.name, call.arguments_json, caller)
-        await self._audit.insert_one({
+        await insert_new(self._audit, {
             "_id": new_id(), "tenant": caller.tenant, "user": caller.user, "session": caller.session_id,
             "tool": call.name, "call_id": call.id,
             "arguments_sha256": hashlib.sha256(call.arguments_json.encode()).hexdigest(),
