@@ -10,10 +10,14 @@ def new_id() -> str:
 
 
 def is_valid_id(value: str) -> bool:
+    return created_ms(value) is not None
+
+
+def created_ms(value: str) -> int | None:
+    """When an id was made (ms since the epoch), or None when ``value`` is not one of ours."""
     if len(value) != 26:
-        return False
+        return None
     try:
-        ULID.from_str(value)
+        return ULID.from_str(value).milliseconds
     except ValueError:
-        return False
-    return True
+        return None

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from pymongo.asynchronous.database import AsyncDatabase
-from ulid import ULID
 
 from moteur.memory.metrics import LATE_WRITES_DROPPED
+from moteur.runtime.ids import created_ms
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ class ForgottenUsers:
         if not ids:
             return {}
         found = await self._forgotten.find({"_id": {"$in": ids}}).to_list(length=len(ids))
-        return {doc["user"]: _ms(doc["at"]) for doc in found}
+        return {doc["user"]: int(doc["at"].timestamp() * 1000) for doc in found}  # tz-aware (connect_mongo)
 
     async def keep_newer(self, tenant: str, items: list[tuple[str, int, T]], stage: str) -> list[T]:
         """The items (user, created_at ms, item) not older than their user's forgetting."""
@@ -47,14 +47,5 @@ class ForgottenUsers:
 
 
 def created_ms_of(source_ids: Iterable[str]) -> int | None:
-    """The creation time a message id (a ULID) carries; None when no source id is one."""
-    for source in source_ids:
-        try:
-            return ULID.from_str(source).milliseconds
-        except ValueError:
-            continue
-    return None
-
-
-def _ms(at: datetime) -> int:
-    return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() * 1000)
+    """The creation time the first message id among ``source_ids`` carries; None when none is one."""
+    return next((ms for source in source_ids if (ms := created_ms(source)) is not None), None)
