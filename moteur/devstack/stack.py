@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from moteur.devstack.models import gemma3_path, smollm2_path
 from moteur.devstack.processes import ManagedProcess, free_port, port_open
+from moteur.runtime.identity import Identity
 
 DEFAULT_DATA_DIR = Path(".data")
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -90,6 +91,11 @@ class LocalStack:
     @property
     def tools_file(self) -> Path:
         return REPO_CONFIG / "tools.yaml" if self.options.tools_config is None else self.data_dir / "tools.yaml"
+
+    def mesh_metadata(self, identity: Identity) -> list[tuple[str, str]]:
+        """Metadata for a direct call to an internal service as ``identity`` (tests, benchmarks): what the
+        gateway would send on that caller's behalf."""
+        return identity.as_metadata()
 
     def service_env(self, service: str) -> dict[str, str]:
         return {
