@@ -337,6 +337,74 @@ async def test_a_model_hint_is_honoured_only_for_the_tiers_it_allows(faults: Fau
         await routed.complete(CompletionRequest(HELLO, model_hint="premium", tier="standard"))
 
 
+def _substitutions(model: str, outcome: str) -> float:
+    return REGISTRY.get_sample_value("moteur_model_substitutions_total", {"model": model, "outcome": outcome}) or 0.0
+
+
+# "fake" is one model served by two deployments; "other" is a different model, the route's own candidate.
+NAMED = [{"name": "fake-a", "group": "fake", "model": "status:500"},
+         {"name": "fake-b", "group": "fake", "model": "status:503"},
+         {"name": "other", "model": "ok"}]
+
+
+async def answered(routed: ModelRouter, request: CompletionRequest, stream: bool) -> RoutedCompletion:
+    return (await streamed(routed, request))[1] if stream else await routed.complete(request)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_named_model_that_fails_is_unavailable_naming_it_not_answered_by_another(
+    faults: FaultServer, stream: bool
+) -> None:
+    refused = _substitutions("fake", "refused")
+    with pytest.raises(Unavailable) as failed:
+        await answered(router(faults, NAMED, chain("other"), retry={"attempts": 1}),
+                       CompletionRequest(HELLO, model_hint="fake"), stream)
+    message = failed.value.message
+    assert message.startswith("model 'fake' is unavailable (all 2 deployments failed: ")
+    assert {"fake-a:server_error", "fake-b:server_error"} <= set(message.split(": ")[1].split(")")[0].split(", "))
+    assert message.endswith("set allow_model_substitution to let moteur answer with another model")
+    assert faults.calls["ok"] == 0 and _substitutions("fake", "refused") == refused + 1
+
+
+async def test_a_named_deployment_falls_back_to_the_other_deployments_of_its_model_only(faults: FaultServer) -> None:
+    models = [{"name": "fake-a", "group": "fake", "model": "status:500"},
+              {"name": "fake-b", "group": "fake", "model": "ok:b"},
+              {"name": "other", "model": "ok"}]
+    routed = router(faults, models, chain("other"), retry={"attempts": 1})
+    result = await routed.complete(CompletionRequest(HELLO, model_hint="fake-a"))
+    assert result.deployment.name == "fake-b" and result.attempts == ["fake-a:server_error", "fake-b:ok"]
+
+    alone = router(faults, [{"name": "solo", "model": "status:500"}, {"name": "other", "model": "ok"}],
+                   chain("other"), retry={"attempts": 1})
+    with pytest.raises(Unavailable, match=r"model 'solo' is unavailable \(its one deployment failed: solo:server_"):
+        await alone.complete(CompletionRequest(HELLO, model_hint="solo"))
+    assert faults.calls["ok"] == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_caller_who_allows_substitution_gets_the_routes_model_and_is_told_which(
+    faults: FaultServer, stream: bool
+) -> None:
+    allowed = _substitutions("fake", "allowed")
+    result = await answered(router(faults, NAMED, chain("other"), retry={"attempts": 1}),
+                            CompletionRequest(HELLO, model_hint="fake", allow_model_substitution=True), stream)
+    assert result.deployment.name == "other" and result.attempts[-1] == "other:ok"
+    assert {"fake-a:server_error", "fake-b:server_error"} <= set(result.attempts)
+    assert _substitutions("fake", "allowed") == allowed + 1
+
+
+async def test_a_named_model_that_answers_is_no_substitution_and_unnamed_routes_keep_their_fallbacks(
+    faults: FaultServer,
+) -> None:
+    models = [{"name": "broken", "model": "status:500"}, {"name": "good", "model": "ok"}]
+    routed = router(faults, models, chain("broken", "good"), retry={"attempts": 1})
+    allowed = _substitutions("good", "allowed")
+    named = await routed.complete(CompletionRequest(HELLO, model_hint="good", allow_model_substitution=True))
+    assert named.attempts == ["good:ok"] and _substitutions("good", "allowed") == allowed
+    unnamed = await routed.complete(CompletionRequest(HELLO))
+    assert unnamed.deployment.name == "good" and unnamed.attempts == ["broken:server_error", "good:ok"]
+
+
 async def test_json_output_is_asked_of_the_provider_and_checked(faults: FaultServer) -> None:
     models = [{"name": "texty", "model": "ok", "supports_json": True},
               {"name": "nojson", "model": "ok"}]

@@ -89,6 +89,9 @@ def chat(
     user: Annotated[str, typer.Option(help="Act for this user (service keys only).")] = "",
     request_type: Annotated[str, typer.Option("--type", help="chat, summarize, extract or code.")] = "",
     model: Annotated[str, typer.Option(help="A model from the registry, e.g. smollm2, instant.")] = "",
+    allow_substitution: Annotated[bool, typer.Option(
+        "--allow-substitution", help="If --model cannot answer, let another model answer (else: an error)."
+    )] = False,
     priority: Annotated[str, typer.Option(help="critical, high, normal, low or batch.")] = "",
     max_tokens: Annotated[int, typer.Option(help="Longest answer in tokens; 0: the model's default.")] = 0,
     stream: Annotated[bool, typer.Option(help="Print the answer as it is generated.")] = True,
@@ -102,6 +105,7 @@ def chat(
 ) -> None:
     """Ask a question; the answer streams to the terminal, with the tools the model calls."""
     options = {"session_id": session, "user_id": user, "request_type": request_type, "model_hint": model,
+               "allow_model_substitution": allow_substitution,
                "priority": priority, "max_output_tokens": max_tokens, "use_memory": memory, "use_tools": tools,
                "tool_choice": tool_choice, "output_format": as_file, "output_template": template}
     try:

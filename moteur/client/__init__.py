@@ -68,11 +68,17 @@ class AsyncMoteurClient:
         except grpc.aio.AioRpcError as error:
             raise MoteurClientError.from_rpc_error(error) from None
 
-    async def chat(self, message: str, *, timeout: float | None = None, **options: Any) -> gateway_pb2.ChatResponse:
+    async def chat(
+        self, message: str, *, timeout: float | None = None, allow_model_substitution: bool = False, **options: Any
+    ) -> gateway_pb2.ChatResponse:
         """One turn. Options: session_id, user_id, request_type, priority, model_hint, output_format,
         output_template, metadata, idempotency_key, max_output_tokens, use_memory, use_tools, tool_choice,
-        client_tools (``[{"name", "description", "input_schema", "output_schema"}]``)."""
-        return await self._unary(self._stub.Chat, chat_request(message, **options), timeout)
+        client_tools (``[{"name", "description", "input_schema", "output_schema"}]``).
+
+        A model named in ``model_hint`` answers or the call fails UNAVAILABLE naming it; with
+        ``allow_model_substitution`` another model may answer instead (the response's ``model`` says which)."""
+        request = chat_request(message, allow_model_substitution=allow_model_substitution, **options)
+        return await self._unary(self._stub.Chat, request, timeout)
 
     async def submit_tool_results(
         self, session_id: str, results: Sequence[common_pb2.ToolResult], *, timeout: float | None = None
@@ -82,10 +88,12 @@ class AsyncMoteurClient:
             session_id=session_id, results=results), timeout)
 
     async def chat_stream(
-        self, message: str, *, timeout: float | None = None, **options: Any
+        self, message: str, *, timeout: float | None = None, allow_model_substitution: bool = False, **options: Any
     ) -> AsyncIterator[gateway_pb2.ChatEvent]:
-        """The same turn, streamed: a ``started`` event, ``delta`` events, then one ``final`` event."""
-        async for event in self._streamed(self._stub.ChatStream, chat_request(message, **options), timeout):
+        """The same turn, streamed: a ``started`` event, ``delta`` events, then one ``final`` event (its
+        ``model`` is the model that answered)."""
+        request = chat_request(message, allow_model_substitution=allow_model_substitution, **options)
+        async for event in self._streamed(self._stub.ChatStream, request, timeout):
             yield event
 
     async def _streamed(self, method: Any, request: Any, timeout: float | None) -> AsyncIterator[Any]:
@@ -230,8 +238,11 @@ class MoteurClient:
         except grpc.RpcError as error:
             raise MoteurClientError.from_rpc_error(error) from None
 
-    def chat(self, message: str, *, timeout: float | None = None, **options: Any) -> gateway_pb2.ChatResponse:
-        return self._unary(self._stub.Chat, chat_request(message, **options), timeout)
+    def chat(
+        self, message: str, *, timeout: float | None = None, allow_model_substitution: bool = False, **options: Any
+    ) -> gateway_pb2.ChatResponse:
+        request = chat_request(message, allow_model_substitution=allow_model_substitution, **options)
+        return self._unary(self._stub.Chat, request, timeout)
 
     def submit_tool_results(
         self, session_id: str, results: Sequence[common_pb2.ToolResult], *, timeout: float | None = None
@@ -240,9 +251,10 @@ class MoteurClient:
             session_id=session_id, results=results), timeout)
 
     def chat_stream(
-        self, message: str, *, timeout: float | None = None, **options: Any
+        self, message: str, *, timeout: float | None = None, allow_model_substitution: bool = False, **options: Any
     ) -> Iterator[gateway_pb2.ChatEvent]:
-        yield from self._streamed(self._stub.ChatStream, chat_request(message, **options), timeout)
+        request = chat_request(message, allow_model_substitution=allow_model_substitution, **options)
+        yield from self._streamed(self._stub.ChatStream, request, timeout)
 
     def _streamed(self, method: Any, request: Any, timeout: float | None) -> Iterator[Any]:
         call = method(request, metadata=self._metadata, timeout=timeout if timeout is not None else self._timeout)

@@ -39,13 +39,13 @@ def chat_request(
     priority: int | str = 0, model_hint: str = "", output_format: int | str = 0, output_template: str = "",
     metadata: Mapping[str, str] | None = None, idempotency_key: str = "", max_output_tokens: int = 0,
     use_memory: bool | None = None, use_tools: bool | None = None, tool_choice: str = "",
-    client_tools: Sequence[Mapping[str, Any] | gateway_pb2.ToolSpec] = (),
+    client_tools: Sequence[Mapping[str, Any] | gateway_pb2.ToolSpec] = (), allow_model_substitution: bool = False,
 ) -> gateway_pb2.ChatRequest:
     return gateway_pb2.ChatRequest(
         session_id=session_id, user_id=user_id, message=message,
         request_type=enum_value(request_type, REQUEST_TYPES, "request type"),
         priority=enum_value(priority, PRIORITIES, "priority"),
-        model_hint=model_hint,
+        model_hint=model_hint, allow_model_substitution=allow_model_substitution,
         output_format=enum_value(output_format, FILE_FORMATS, "output format"),
         output_template=output_template,
         metadata=common_pb2.Metadata(entries=dict(metadata or {})),

@@ -1,8 +1,8 @@
 """``make run``: the whole mesh on this machine, with its data kept in ``.data/`` between runs.
 
 Prints where everything listens and a development API key (created on the first start), writes
-``.data/cli.env`` so that ``moteur chat "..."`` finds the gateway and the key, and stops everything
-cleanly on Ctrl-C.
+``.data/cli.env`` so that ``moteur chat "..."`` finds the gateway and the key, restarts a part that dies
+(with back-off, one line each; see supervisor.py), and stops everything cleanly on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ async def _development_key(stack: LocalStack) -> tuple[str, bool]:
 
 def main() -> None:
     console = Console()
-    stack = LocalStack(StackOptions(second_model=True, preferred_ports={"gateway": 50051}))
+    stack = LocalStack(StackOptions(second_model=True, preferred_ports={"gateway": 50051}, supervise=True))
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from moteur.devstack.models import gemma3_path, smollm2_path
 from moteur.devstack.processes import ManagedProcess, free_port, port_open
+from moteur.devstack.supervisor import Supervisor
 from moteur.runtime.identity import Identity
 
 DEFAULT_DATA_DIR = Path(".data")
@@ -40,6 +41,9 @@ class StackOptions:
     # The tools service's policy and MCP servers (config/tools.yaml's shape), written to the data dir;
     # None: the repository's config/tools.yaml.
     tools_config: dict[str, object] | None = None
+    # Restart parts that exit on their own, with back-off and one line each (`make run`, the fault suite);
+    # stop(), stopped() and restart() still stop a part on purpose.
+    supervise: bool = False
 
 
 def _grpc_healthy(port: int) -> bool:
@@ -70,6 +74,7 @@ class LocalStack:
         names = ["mongo", "redis", "model", "model2", *SERVICES, *(f"{s}-metrics" for s in SERVICES)]
         self.ports = {name: _pick_port(self.options.preferred_ports.get(name)) for name in names}
         self.processes: dict[str, ManagedProcess] = {}
+        self.supervisor = Supervisor(self.processes) if self.options.supervise else None
         self._define()
 
     # -- addresses ---------------------------------------------------------------------------------
@@ -244,8 +249,12 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+        if self.supervisor is not None:
+            self.supervisor.start()
 
     def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()
         for process in reversed(self.processes.values()):
             process.stop()
 

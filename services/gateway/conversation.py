@@ -82,6 +82,7 @@ class TurnInput:
     client_tools: tuple[ClientTool, ...] = ()
     output_format: int = common_pb2.FILE_FORMAT_UNSPECIFIED  # set: the answer is rendered into a file
     output_template: str = ""
+    allow_model_substitution: bool = False  # another model may answer when the one named by model_hint cannot
 
     def fingerprint(self) -> str:
         return fingerprint(self.session_id, self.user, self.message, str(self.request_type), self.model_hint)
@@ -90,6 +91,7 @@ class TurnInput:
         """What a SubmitToolResults needs of this turn's settings."""
         return {"request_type": self.request_type, "priority": self.priority, "model_hint": self.model_hint,
                 "max_output_tokens": self.max_output_tokens, "use_tools": self.use_tools,
+                "allow_model_substitution": self.allow_model_substitution,
                 "tool_choice": self.tool_choice, "client_tools": [t.to_doc() for t in self.client_tools],
                 "output_format": self.output_format, "output_template": self.output_template}
 
@@ -99,7 +101,8 @@ class TurnInput:
                    saved["model_hint"], saved["max_output_tokens"], use_memory=False, use_tools=saved["use_tools"],
                    tool_choice=saved["tool_choice"],
                    client_tools=tuple(ClientTool.from_doc(t) for t in saved["client_tools"]),
-                   output_format=saved.get("output_format", 0), output_template=saved.get("output_template", ""))
+                   output_format=saved.get("output_format", 0), output_template=saved.get("output_template", ""),
+                   allow_model_substitution=saved.get("allow_model_substitution", False))
 
 
 @dataclass(slots=True)
@@ -396,7 +399,7 @@ class Conversation:
         turn = loop.turn
         request = router_pb2.CompleteRequest(
             messages=loop.prompt, request_type=turn.request_type, model_hint=turn.model_hint,
-            max_output_tokens=turn.max_output_tokens,
+            max_output_tokens=turn.max_output_tokens, allow_model_substitution=turn.allow_model_substitution,
         )
         if offered and not tools_off:
             request.tools.extend(offered)

@@ -451,6 +451,7 @@ def _turn_input(identity: Identity, request: gateway_pb2.ChatRequest) -> TurnInp
         request_type=request_type,
         priority=priority or common_pb2.PRIORITY_NORMAL,
         model_hint=check.model_hint(request.model_hint),
+        allow_model_substitution=request.allow_model_substitution,
         max_output_tokens=check.bounded(request.max_output_tokens, "max_output_tokens", check.MAX_OUTPUT_TOKENS),
         idempotency_key=check.text_at_most(request.idempotency_key, "idempotency_key",
                                            check.MAX_IDEMPOTENCY_KEY_CHARS),

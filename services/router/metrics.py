@@ -1,4 +1,5 @@
-"""The router's own metrics: model calls, latency, first tokens, tokens, retries, fallbacks, breakers."""
+"""The router's own metrics: model calls, latency, first tokens, tokens, retries, fallbacks, substitutions,
+breakers."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ MODEL_COST = Counter("moteur_model_cost_micro_usd_total", "Cost of answered call
 RETRIES = Counter("moteur_model_retries_total", "Calls retried on the same deployment, by the failure.",
                   ["model", "outcome"])
 FALLBACKS = Counter("moteur_model_fallbacks_total", "Requests passed on to a later candidate.", ["route", "to_model"])
+SUBSTITUTIONS = Counter(
+    "moteur_model_substitutions_total",
+    "Requests whose named model (model_hint) could not answer: another model answered (allowed, the caller set "
+    "allow_model_substitution) or the request failed UNAVAILABLE (refused).",
+    ["model", "outcome"],
+)
 BREAKER_STATE = Gauge("moteur_model_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.", ["model"])
 IN_FLIGHT = Gauge("moteur_model_in_flight", "Calls in flight per deployment.", ["model"])
 ROUTE_DECISIONS = Counter("moteur_route_decisions_total", "Requests per route, by how the route was chosen.",

@@ -14,6 +14,12 @@ Per candidate deployment (a route names groups; a group's deployments are tried 
 A stream falls back the same way until its first token; after it, a failure (its deployment's timeout
 included: the timeout bounds the whole stream) ends the stream with its status, since text the caller has
 seen cannot be taken back.
+
+A model the caller names (``model_hint``: a group, or one deployment of it) is honoured: its deployments
+are the only candidates — the one named first, then the rest of its group — and when none can answer the
+request is UNAVAILABLE naming the model, unless the caller allows substitution
+(``allow_model_substitution``), when the route's candidates follow as fallbacks. The answer always names
+the deployment that gave it.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from moteur.router.metrics import (
     MODEL_LATENCY,
     MODEL_TOKENS,
     RETRIES,
+    SUBSTITUTIONS,
     TIME_TO_FIRST_TOKEN,
 )
 from moteur.router.providers import Completion, Generation, ModelCallError, ModelTool, Turn
@@ -67,6 +74,8 @@ class CompletionRequest:
     json_schema: dict[str, Any] | None = None
     tools: tuple[ModelTool, ...] = ()
     tool_choice: str = ""  # "" (auto), "none", "required" or a tool's name
+    # With model_hint: may another model answer when the named one cannot? False: UNAVAILABLE instead.
+    allow_model_substitution: bool = False
 
     @property
     def needs_tools(self) -> bool:
@@ -108,6 +117,10 @@ class _Tries:
     """What happened so far in one request: the attempts list of the response, and the last failure."""
 
     decision: RouteDecision
+    # The model the caller named (model_hint) and its deployments; "" when it named none.
+    named: str = ""
+    named_deployments: frozenset[str] = frozenset()
+    substitutes: bool = False  # the caller lets another model answer for the named one
     attempts: list[str] = field(default_factory=list)
     last_error: ModelCallError | None = None
     too_small: list[str] = field(default_factory=list)
@@ -188,9 +201,17 @@ class ModelRouter:
                            request.json_output, asked)
         decision = await self.routes.decide(query)
         tries = _Tries(decision)
+        targets = self._targets(request, decision.route)
+        if request.model_hint:
+            tries.named, tries.substitutes = request.model_hint, request.allow_model_substitution
+            tries.named_deployments = frozenset(d.name for t in self._model(request.model_hint)
+                                                for d in self.config.deployments_of(t))
         plans: list[_Plan] = []
-        for target in self._targets(request, decision.route):
-            for deployment in self._usable(self.config.deployments_of(target), request, tries):
+        planned: set[str] = set()  # a deployment is one candidate, however many targets include it
+        for target in targets:
+            deployments = [d for d in self.config.deployments_of(target) if d.name not in planned]
+            planned.update(d.name for d in deployments)
+            for deployment in self._usable(deployments, request, tries):
                 plan = self._fit(deployment, decision.route, request, tries)
                 if plan is not None:
                     plans.append(plan)
@@ -209,8 +230,16 @@ class ModelRouter:
         if not allowed:
             raise PermissionDenied(f"tier {request.tier!r} may not choose model {request.model_hint!r}; "
                                    "leave model_hint empty to let the route choose")
-        # The hint first; the route's candidates remain its fallbacks.
-        return [request.model_hint, *(c for c in route.candidates if c != request.model_hint)]
+        if not request.allow_model_substitution:
+            return self._model(request.model_hint)
+        # The named model first; the route's candidates remain its fallbacks.
+        return [*self._model(request.model_hint), *route.candidates]
+
+    def _model(self, hint: str) -> list[str]:
+        """The targets that are the model a hint names: the group or deployment named, then (for a
+        deployment) the other deployments of its group."""
+        group = self.config.deployments_of(hint)[0].group_name
+        return [hint] if group == hint else [hint, group]
 
     def _usable(self, deployments: Sequence[ModelDeployment], request: CompletionRequest,
                 tries: _Tries) -> list[ModelDeployment]:
@@ -346,16 +375,25 @@ class ModelRouter:
 
     def _exhausted(self, tries: _Tries) -> MoteurError:
         route = tries.decision.route.name
+        refused = bool(tries.named) and not tries.substitutes  # only the named model could answer
         if not tries.attempts and tries.too_small:
+            which = f"model {tries.named!r}" if refused else f"every model of route {route!r}"
             return InvalidArgument("messages", f"the last message is about {tries.last_message_tokens} tokens, "
-                                   f"more than every model of route {route!r} can take: {'; '.join(tries.too_small)}")
+                                   f"more than {which} can take: {'; '.join(tries.too_small)}")
         if not tries.attempts:
             return PermissionDenied(f"no model of route {route!r} is open to this tier")
         waits = tries.breaker_waits
-        retry_after = min(waits) if waits and len(waits) == len(tries.attempts) else 1.0
+        retry_after = max(min(waits) if waits and len(waits) == len(tries.attempts) else 1.0, 0.1)
         why = f": last error: {tries.last_error.message}" if tries.last_error else ""
+        if refused:
+            SUBSTITUTIONS.labels(tries.named, "refused").inc()
+            tried = {attempt.rpartition(":")[0] for attempt in tries.attempts}
+            failed = "its one deployment failed" if len(tried) == 1 else f"all {len(tried)} deployments failed"
+            return Unavailable(f"model {tries.named!r} is unavailable ({failed}: {', '.join(tries.attempts)}){why}; "
+                               "set allow_model_substitution to let moteur answer with another model",
+                               retry_after_seconds=retry_after)
         return Unavailable(f"no model of route {route!r} could answer (tried {', '.join(tries.attempts)}){why}",
-                           retry_after_seconds=max(retry_after, 0.1))
+                           retry_after_seconds=retry_after)
 
     def _account(self, plan: _Plan, tries: _Tries, completion: Completion, started: float,
                  first_token: float | None) -> RoutedCompletion:
@@ -372,6 +410,9 @@ class ModelRouter:
         plan.state.observed(elapsed)
         tries.attempts.append(f"{plan.name}:ok")
         MODEL_CALLS.labels(plan.name, "ok").inc()
+        if tries.named and plan.name not in tries.named_deployments:
+            SUBSTITUTIONS.labels(tries.named, "allowed").inc()
+            log.info("model.substituted", named=tries.named, answered=plan.name, attempts=tries.attempts)
         MODEL_LATENCY.labels(plan.name, tries.decision.route.name).observe(elapsed)
         MODEL_TOKENS.labels(plan.name, "input").inc(input_tokens)
         MODEL_TOKENS.labels(plan.name, "output").inc(output_tokens)

@@ -117,6 +117,7 @@ def _from_proto(request: router_pb2.CompleteRequest, tier: str) -> CompletionReq
         json_schema=_schema(request.json_schema) if request.json_schema else None,
         tools=tools,
         tool_choice="" if request.tool_choice == "auto" else request.tool_choice,
+        allow_model_substitution=request.allow_model_substitution,
     )
 
 

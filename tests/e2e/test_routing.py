@@ -12,13 +12,18 @@ import pytest
 import yaml
 
 from moteur.client import MoteurClientError
+from moteur.devstack.processes import free_port
 from moteur.devstack.stack import LocalStack
+from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, router_pb2, router_pb2_grpc
 
 
 async def _list_models(stack: LocalStack) -> router_pb2.ListModelsResponse:
     async with grpc.aio.insecure_channel(stack.address("router")) as channel:
-        return await router_pb2_grpc.RouterStub(channel).ListModels(router_pb2.ListModelsRequest(), timeout=5)
+        return await router_pb2_grpc.RouterStub(channel).ListModels(
+            router_pb2.ListModelsRequest(), metadata=stack.mesh_metadata(Identity("acme", "alice", "standard")),
+            timeout=5,
+        )
 
 
 async def test_list_models_shows_the_registry_with_live_state_routes_and_capacity(stack) -> None:
@@ -121,6 +126,35 @@ async def test_the_registry_reloads_on_change_and_a_broken_file_keeps_the_previo
         log = (stack.data_dir / "logs" / "router.log").read_text().splitlines()
         refusal = [line for line in log if "router.config_refused" in line][-1]
         assert "unknown models ['gpt-99']" in refusal
+    finally:
+        stack.models_file.write_text(original)
+        await _wait_for(stack, lambda listed: listed.revision == before.revision)
+
+
+async def test_a_named_model_that_is_down_fails_naming_it_unless_the_caller_allows_another(stack, alice) -> None:
+    # "gone": one model, two deployments, both at an address where nothing listens.
+    original = stack.models_file.read_text()
+    before = await _list_models(stack)
+    config = yaml.safe_load(original)
+    nowhere = f"http://127.0.0.1:{free_port()}/v1"
+    config["models"] += [{"name": f"gone-{i}", "group": "gone", "provider": "openai", "model": "gone",
+                          "base_url": nowhere, "timeout_seconds": 5} for i in (1, 2)]
+    quiet = {"use_memory": False, "use_tools": False, "max_output_tokens": 8, "request_type": "chat"}
+    try:
+        stack.models_file.write_text(yaml.safe_dump(config))
+        await _wait_for(stack, lambda listed: "gone-1" in {m.name for m in listed.models})
+        with pytest.raises(MoteurClientError) as refused:
+            await alice.client.chat("Say hello.", model_hint="gone", **quiet)
+        assert refused.value.code is grpc.StatusCode.UNAVAILABLE
+        assert "model 'gone' is unavailable (all 2 deployments failed: " in refused.value.message
+        assert "set allow_model_substitution" in refused.value.message
+
+        reply = await alice.client.chat("Say hello.", model_hint="gone", allow_model_substitution=True, **quiet)
+        assert reply.model in {"smollm2", "gemma3"} and reply.message.model == reply.model  # said, not hidden
+
+        events = [e async for e in alice.client.chat_stream("Say hello.", model_hint="gone",
+                                                            allow_model_substitution=True, **quiet)]
+        assert events[-1].final.model in {"smollm2", "gemma3"}
     finally:
         stack.models_file.write_text(original)
         await _wait_for(stack, lambda listed: listed.revision == before.revision)
