@@ -139,8 +139,10 @@ class LocalStack:
             logs / "mongo.log", ready=lambda: port_open(self.ports["mongo"]),
         )
         self.processes["redis"] = ManagedProcess(
+            # AOF, fsync each second: quota counters and leases survive a restart or a kill -9 (a lost one
+            # is rebuilt from the usage ledger; see moteur.gateway.limiter)
             "redis", [redis_server, "--bind", "127.0.0.1", "--port", str(self.ports["redis"]), "--save", "",
-                      "--appendonly", "no", "--dir", str(self.data_dir)],
+                      "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.data_dir)],
             logs / "redis.log", ready=lambda: port_open(self.ports["redis"]),
         )
         if self.options.model_server:

@@ -6,33 +6,49 @@
 -- minute's budget is allowed (tolerance = 60 s). Token reservations are settled later by moving the
 -- TAT by the difference, which a sliding window could not do without keeping every request.
 -- Quotas (tokens per day/month, cost per day/month) are counters that expire with their calendar period.
+-- A quota counter is created only by "seed", from the usage ledger: a missing one (new period, Redis
+-- restarted without its data, failover, eviction) makes "admit" answer the miss and charge nothing; the
+-- gateway reads the ledger and seeds it (SET NX: the first seeder wins, concurrent replicas never count twice),
+-- then admits again. Each seeded counter has a marker holding when it was seeded (Redis time, us): a call
+-- admitted before that reserved into a counter that is gone, so its settlement charges its real usage
+-- instead of the difference to its reservation. Settling never creates a missing counter: the ledger
+-- already holds that call, and the next seed reads it.
 -- Concurrency is a sorted set of leases scored by expiry, renewed while the call runs ("renew"), so a
 -- crashed gateway's slots free themselves within one lease. A lease is "<admitted at, ms>:<id>": a
 -- refusal computes when the oldest call should end from the caller's typical call time.
 --
--- KEYS, 7 per scope: req, tok, conc, day, month, cost_month, cost_day
--- ARGV: op ("admit" | "settle" | "renew"), n_scopes, tokens, lease, lease_ttl_ms, day_ttl_s, month_ttl_s,
---       cost, typical_call_ms, then 7 per scope: rpm, tpm, concurrency, tokens_day, tokens_month,
---       cost_month, cost_day
--- admit  -> {1, remaining_requests, remaining_tokens, reset_requests_ms, reset_tokens_ms}
+-- KEYS, 11 per scope: req, tok, conc, day, month, cost_month, cost_day, then the seed markers of the four
+--       quota counters (day, month, cost_month, cost_day)
+-- ARGV: op ("admit" | "settle" | "renew" | "seed"), n_scopes, tokens, lease, lease_ttl_ms, day_ttl_s,
+--       month_ttl_s, cost, typical_call_ms, admitted_us, real_tokens, then 7 per scope: rpm, tpm, concurrency,
+--       tokens_day, tokens_month, cost_month, cost_day ("seed": the four quota values are what to seed each
+--       counter with, -1 for a counter not to seed)
+-- admit  -> {1, remaining_requests, remaining_tokens, reset_requests_ms, reset_tokens_ms, admitted_us}
 --        or {0, scope_index, limit_name, retry_after_ms, limit_value,
 --            remaining_requests, remaining_tokens, reset_requests_ms, reset_tokens_ms}
--- settle (tokens = the difference to the reservation, may be negative; releases the lease)
+--        or {2, scope_index, counter, ...}: quota counters missing (counter 4 day, 5 month, 6 cost_month,
+--            7 cost_day); nothing was charged
+-- settle (tokens = the difference to the reservation, may be negative; real_tokens = the call's real usage;
+--        admitted_us = the admission's Redis time; releases the lease)
 --        -> {1, day_used, month_used, cost_month_used, cost_day_used for each scope...}
 -- renew  -> {number of scopes whose lease was still held}
+-- seed   -> {1 if this call seeded the counter, else 0: 4 per scope}
 
 local MINUTE = 60000
 local EPSILON = 0.001  -- ms: float sums of 60000/n must not refuse the n-th call
-local PER_SCOPE = 7
+local PER_SCOPE = 11
+local MARKER = 4  -- a quota counter's seed marker: its key's index + MARKER
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local op, n, tokens = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease, lease_ttl = ARGV[4], tonumber(ARGV[5])
 local day_ttl, month_ttl, cost = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local typical_call = tonumber(ARGV[9])
+local admitted_us, real_tokens = tonumber(ARGV[10]), tonumber(ARGV[11])
+local now_us = clock[1] .. string.format('%06d', tonumber(clock[2]))  -- a string: exact, unlike a float's text
 
 local function limits(i)
-  local a = 10 + i * PER_SCOPE
+  local a = 12 + i * 7
   return tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
          tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
 end
@@ -51,6 +67,35 @@ local function charge(key, amount, ttl)
   local total = redis.call('INCRBY', key, amount)
   redis.call('EXPIRE', key, ttl)
   return total
+end
+
+-- A quota's settlement: the difference to the reservation, or the real usage when the counter was seeded
+-- after this call was admitted (its reservation went with the lost counter); nothing when it is missing.
+local function settle_quota(key, reserved_delta, real)
+  local value = redis.call('GET', KEYS[key])
+  if not value then return 0 end
+  local amount = reserved_delta
+  if tonumber(redis.call('GET', KEYS[key + MARKER]) or 0) > admitted_us then amount = real end
+  if amount == 0 then return tonumber(value) end
+  return redis.call('INCRBY', KEYS[key], amount)
+end
+
+if op == 'seed' then
+  local seeded = {}
+  for i = 0, n - 1 do
+    local k = i * PER_SCOPE
+    local _, _, _, day, month, cost_month, cost_day = limits(i)
+    local values, ttls = {day, month, cost_month, cost_day}, {day_ttl, month_ttl, month_ttl, day_ttl}
+    for j = 1, 4 do
+      local set = 0
+      if values[j] >= 0 and redis.call('SET', KEYS[k + 3 + j], ARGV[12 + i * 7 + 2 + j], 'NX', 'EX', ttls[j]) then
+        redis.call('SET', KEYS[k + 3 + j + MARKER], now_us, 'EX', ttls[j])
+        set = 1
+      end
+      table.insert(seeded, set)
+    end
+  end
+  return seeded
 end
 
 if op == 'renew' then
@@ -76,10 +121,10 @@ if op == 'settle' then
     redis.call('ZREM', KEYS[k + 3], lease)
     local day, month = counter(KEYS[k + 4]), counter(KEYS[k + 5])
     local spent, spent_today = counter(KEYS[k + 6]), counter(KEYS[k + 7])
-    if qday > 0 and tokens ~= 0 then day = redis.call('INCRBY', KEYS[k + 4], tokens) end
-    if qmonth > 0 and tokens ~= 0 then month = redis.call('INCRBY', KEYS[k + 5], tokens) end
-    if qcost > 0 and cost > 0 then spent = charge(KEYS[k + 6], cost, month_ttl) end
-    if qcostday > 0 and cost > 0 then spent_today = charge(KEYS[k + 7], cost, day_ttl) end
+    if qday > 0 then day = settle_quota(k + 4, tokens, real_tokens) end
+    if qmonth > 0 then month = settle_quota(k + 5, tokens, real_tokens) end
+    if qcost > 0 then spent = settle_quota(k + 6, cost, cost) end
+    if qcostday > 0 then spent_today = settle_quota(k + 7, cost, cost) end
     table.insert(used, day); table.insert(used, month); table.insert(used, spent); table.insert(used, spent_today)
   end
   return used
@@ -106,6 +151,20 @@ local function track(which, slot, tat, interval)
   local b = budget[which]
   if b[slot] < 0 or left < b[slot] then b[slot] = left; b[slot + 2] = math.max(0, tat - now) end
 end
+local missing, used = {2}, {}  -- used: the quota counters' values, by key index
+for i = 0, n - 1 do
+  local k = i * PER_SCOPE
+  local _, _, _, qday, qmonth, qcost, qcostday = limits(i)
+  for j, quota in ipairs({qday, qmonth, qcost, qcostday}) do
+    if quota > 0 then
+      local value = redis.call('GET', KEYS[k + 3 + j])
+      if value then used[k + 3 + j] = tonumber(value)
+      else table.insert(missing, i); table.insert(missing, 3 + j) end
+    end
+  end
+end
+if #missing > 1 then return missing end
+
 local req_tat, tok_tat = {}, {}
 local refusal = nil
 local function refuse(i, name, retry_ms, limit)
@@ -137,14 +196,14 @@ for i = 0, n - 1 do
       refuse(i, 'concurrent_requests', slot_free_in(KEYS[k + 3]), conc)
     end
   end
-  if qday > 0 and counter(KEYS[k + 4]) + tokens > qday then refuse(i, 'tokens_per_day', day_ttl * 1000, qday) end
-  if qmonth > 0 and counter(KEYS[k + 5]) + tokens > qmonth then
+  if qday > 0 and used[k + 4] + tokens > qday then refuse(i, 'tokens_per_day', day_ttl * 1000, qday) end
+  if qmonth > 0 and used[k + 5] + tokens > qmonth then
     refuse(i, 'tokens_per_month', month_ttl * 1000, qmonth)
   end
-  if qcost > 0 and counter(KEYS[k + 6]) >= qcost then
+  if qcost > 0 and used[k + 6] >= qcost then
     refuse(i, 'cost_micro_usd_per_month', month_ttl * 1000, qcost)
   end
-  if qcostday > 0 and counter(KEYS[k + 7]) >= qcostday then
+  if qcostday > 0 and used[k + 7] >= qcostday then
     refuse(i, 'cost_micro_usd_per_day', day_ttl * 1000, qcostday)
   end
 end
@@ -166,4 +225,4 @@ for i = 0, n - 1 do
   if qmonth > 0 and tokens > 0 then charge(KEYS[k + 5], tokens, month_ttl) end
 end
 local b = budget.after
-return {1, b[1], b[2], math.ceil(b[3]), math.ceil(b[4])}
+return {1, b[1], b[2], math.ceil(b[3]), math.ceil(b[4]), now_us}

@@ -9,6 +9,28 @@ slots within one lease.
 When Redis is unreachable the tier decides: ``fail_closed`` answers UNAVAILABLE; ``fail_open`` admits
 through a per-replica in-memory limiter with the same limits (so a fleet of N replicas lets up to N
 times the limit through until Redis is back).
+
+Quota counters (tokens and cost per UTC day and month) survive Redis losing them. Redis keeps them on disk
+(AOF, fsync every second), and a counter that is missing anyway (a restart without its data, a failover, an
+eviction, or simply a new period) is rebuilt from the usage ledger before the admission decides: the script
+reports the miss and charges nothing, the gateway sums the ledger for the quota's scope and period, seeds
+the counter only if it is still absent (the first replica wins, a second one's seed is dropped), then admits
+again. With counters present an admission stays one round trip.
+
+The slack, i.e. how far the tokens admitted in a period may pass a quota (the tests measure it):
+
+- always, the calls admitted last before the quota is reached may use more than their reservation (the
+  input of the history, a longer answer): the quota is passed by at most the sum of ``real - reserved``
+  over the calls running when it is reached (``concurrent_requests`` calls at most). One call at a time
+  whose answer stays within its ``max_output_tokens`` reserves more than it uses: no slack.
+- when a counter was lost, the calls running at that moment had their reservations in it: until they
+  settle (they then charge their real usage), they are not counted; and a call that ended between the
+  ledger read and its settlement is counted twice (refuses early, never late). So add the real usage of
+  the calls that were running when the counter was lost.
+- what Redis had not written to disk, or a replica had not received, when it crashed or failed over (up to
+  a second of charges with AOF ``everysec`` on a machine crash; a process killed with -9 loses nothing) is
+  not rebuilt: the counter is present, a little behind.
+- a turn admitted by the ``fail_open`` fallback while Redis was unreachable is never charged to Redis.
 """
 
 from __future__ import annotations
@@ -19,25 +41,42 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
+from prometheus_client import Counter, Histogram
+from pymongo.errors import PyMongoError
 
 from moteur.gateway.limits import LimitsCatalog, LimitScope, LimitSet, scopes_of
 from moteur.gateway.metrics import LIMITER_DECISIONS, LIMITER_FALLBACKS
+from moteur.gateway.usage import TokenUsage
 from moteur.runtime.errors import QuotaViolation, ResourceExhausted, Unavailable
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import new_id
+from moteur.runtime.metrics import LATENCY_BUCKETS
 from moteur.runtime.tasks import cancel_and_wait
 
 log = structlog.get_logger("moteur.gateway.limiter")
 _SCRIPT = (Path(__file__).with_name("limiter.lua")).read_text()
 QUOTA_NAMES = ("tokens_per_day", "tokens_per_month", "cost_micro_usd_per_month", "cost_micro_usd_per_day")
 _DAILY = ("tokens_per_day", "cost_micro_usd_per_day")
+# The quota counters by their index among a scope's keys in limiter.lua, as its misses name them.
+_COUNTERS = {4: "tokens_per_day", 5: "tokens_per_month", 6: "cost_micro_usd_per_month", 7: "cost_micro_usd_per_day"}
+QUOTA_REBUILDS = Counter(
+    "moteur_quota_counters_rebuilt_total",
+    "Quota counters Redis had lost (restart without its data, failover, eviction) rebuilt from the usage ledger, "
+    "by period (day, month). A new period's counter, started from an empty ledger, is not counted.",
+    ["period"],
+)
+QUOTA_REBUILD_SECONDS = Histogram(
+    "moteur_quota_rebuild_seconds", "Time an admission spent rebuilding missing quota counters (ledger read and seed).",
+    buckets=LATENCY_BUCKETS,
+)
+_SEED_ATTEMPTS = 3  # admissions that find counters missing before the tier's fallback decides (see admit)
 TYPICAL_CALL_SECONDS = 1.0  # a tenant's call time before any of its calls ended (concurrency RetryInfo)
 _TYPICAL_WEIGHT = 0.2  # of each new call in the tenant's moving average
 
@@ -79,6 +118,7 @@ class Admission:
     lease_id: str = field(default_factory=_lease_id)
     budget: Budget = field(default_factory=Budget)
     local: bool = False  # admitted by the per-replica fallback while Redis was down
+    admitted_us: int = 0  # Redis time of the admission (us): settling, whether a counter was seeded since
     settled: bool = False
     started: float = field(default_factory=time.monotonic)
 
@@ -105,6 +145,31 @@ class _Periods(NamedTuple):
         return self.day if quota_name in _DAILY else self.month
 
 
+def period_bounds(period: str) -> tuple[datetime, datetime]:
+    """Where a period named as the limiter names it ("2026-11-24", "2026-11") starts and ends, UTC."""
+    if len(period) == len("2026-11-24"):
+        start = datetime.strptime(period, "%Y-%m-%d").replace(tzinfo=UTC)
+        return start, start + timedelta(days=1)
+    start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    return start, (start + timedelta(days=32)).replace(day=1)
+
+
+class QuotaLedger(Protocol):
+    """Where quota counters are rebuilt from: the usage a scope recorded in a period (the usage ledger)."""
+
+    async def spent(self, scope: LimitScope, start: datetime, end: datetime) -> TokenUsage: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuilt:
+    """A quota counter this replica seeded from the ledger."""
+
+    scope: LimitScope
+    limit: str  # one of QUOTA_NAMES
+    period: str
+    value: int  # tokens or micro-USD
+
+
 def _periods() -> _Periods:
     return _periods_at(int(time.time()))
 
@@ -120,10 +185,17 @@ def _periods_at(second: int) -> _Periods:
 
 
 class RateLimiter:
-    def __init__(self, client: aioredis.Redis, catalog: LimitsCatalog, lease_seconds: float = 30.0) -> None:
+    """Admits, settles and releases calls against every limit of their scopes (see the module's docstring).
+
+    ``ledger`` rebuilds lost quota counters; without one (benchmarks) a missing counter starts from zero.
+    """
+
+    def __init__(self, client: aioredis.Redis, catalog: LimitsCatalog, lease_seconds: float = 30.0,
+                 ledger: QuotaLedger | None = None) -> None:
         self._redis = client
         self._script = client.register_script(_SCRIPT)
         self._catalog = catalog
+        self._ledger = ledger
         self._lease_seconds = lease_seconds
         self._local = LocalLimiter()
         self._typical_call: dict[str, float] = {}  # tenant -> moving average of its call times (s)
@@ -135,12 +207,15 @@ class RateLimiter:
         limits = [await self._catalog.limits(scope, identity.tier) for scope in scopes]
         admission = Admission(scopes, limits, tokens)
         try:
-            reply = await self._run("admit", admission, tokens, cost=0)
+            reply = await self._decide(admission, tokens)
         except redis.exceptions.RedisError as exc:
             return self._fallback(identity, admission, exc)
+        except PyMongoError as exc:
+            return self._fallback(identity, admission, exc, "the usage ledger (MongoDB), read to rebuild quotas,")
         if reply[0] == 1:
             LIMITER_DECISIONS.labels("admitted").inc()
             admission.budget = _budget(limits, reply[1:5])
+            admission.admitted_us = int(reply[5])
             if any(x.concurrent_requests for x in limits):
                 self._hold(admission)
             return admission
@@ -153,6 +228,17 @@ class RateLimiter:
             refusal.quota_use = QuotaUse(scope, name, int(limit_value), int(limit_value), _periods().of(name))
         raise refusal
 
+    async def _decide(self, admission: Admission, tokens: int) -> list[object]:
+        """The script's decision, once the quota counters it found missing are rebuilt (the miss path)."""
+        for _ in range(_SEED_ATTEMPTS):
+            periods = _periods()
+            reply = await self._run("admit", admission, tokens, 0, periods)
+            if reply[0] != 2:
+                return reply
+            await self.rebuild(admission, periods, _misses(reply[1:]))
+        # seeded, then gone again before the admission ran: evicted as soon as written (Redis out of memory)
+        raise redis.exceptions.RedisError("quota counters vanish as soon as they are seeded")
+
     async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> list[QuotaUse]:
         """Charge the real usage instead of the reservation and free the concurrency slot."""
         if admission.settled:
@@ -164,7 +250,8 @@ class RateLimiter:
             self._local.release(admission)
             return []
         try:
-            reply = await self._run("settle", admission, tokens - admission.reserved_tokens, cost_micro_usd)
+            reply = await self._run("settle", admission, tokens - admission.reserved_tokens, cost_micro_usd,
+                                    real_tokens=tokens)
         except redis.exceptions.RedisError as exc:
             log.warning("limiter.settle_failed", error=str(exc))  # the lease expires on its own
             return []
@@ -194,7 +281,7 @@ class RateLimiter:
                 if admission.settled:
                     continue
                 try:
-                    await self._run("renew", admission, 0, cost=0)
+                    await self._run("renew", admission, 0, 0)
                 except redis.exceptions.RedisError as exc:  # the next round may reach it: a lease is 3 rounds
                     log.warning("limiter.renew_failed", error=str(exc))
                     break
@@ -211,31 +298,70 @@ class RateLimiter:
         """A call that failed: give its token reservation back and free its slot."""
         await self.settle(admission, 0, 0)
 
-    async def _run(self, op: str, admission: Admission, tokens: int, cost: int) -> list[object]:
-        day_ttl, month_ttl, day, month = _periods()
+    async def rebuild(self, admission: Admission, periods: _Periods, misses: list[tuple[int, int]]) -> list[Rebuilt]:
+        """Seed the missing quota counters of an admission's scopes from the ledger, each only if still
+        absent; returns those this call seeded (another replica may have seeded the others first)."""
+        started = time.monotonic()
+        wanted = list({(index, periods.of(_COUNTERS[counter])) for index, counter in misses})
+        spent = dict(zip(wanted, await asyncio.gather(*(self._spent(admission.scopes[i], p) for i, p in wanted)),
+                         strict=True))
+        seeds = [[-1] * 4 for _ in admission.scopes]
+        for index, counter in misses:
+            name = _COUNTERS[counter]
+            usage = spent[(index, periods.of(name))]
+            seeds[index][counter - 4] = usage.cost_micro_usd if name.startswith("cost") else usage.total_tokens
+        reply = await self._run("seed", admission, 0, 0, periods, seeds=seeds)
+        elapsed = time.monotonic() - started
+        QUOTA_REBUILD_SECONDS.observe(elapsed)
+        rebuilt = []
+        for index, counter in misses:
+            if int(reply[index * 4 + counter - 4]):  # type: ignore[call-overload]
+                name, scope = _COUNTERS[counter], admission.scopes[index]
+                rebuilt.append(Rebuilt(scope, name, periods.of(name), seeds[index][counter - 4]))
+        for seeded in rebuilt:
+            if seeded.value:  # a counter of a new period starts from an empty ledger: nothing was lost
+                kind = "day" if seeded.limit in _DAILY else "month"
+                QUOTA_REBUILDS.labels(kind).inc()
+                log.info("limiter.quota_rebuilt", tenant=seeded.scope.tenant, scope=seeded.scope.kind,
+                         limit=seeded.limit, period=seeded.period, value=seeded.value, seconds=round(elapsed, 4))
+        return rebuilt
+
+    async def _spent(self, scope: LimitScope, period: str) -> TokenUsage:
+        if self._ledger is None:
+            return TokenUsage()
+        return await self._ledger.spent(scope, *period_bounds(period))
+
+    async def _run(self, op: str, admission: Admission, tokens: int, cost: int, periods: _Periods | None = None,
+                   real_tokens: int = 0, seeds: list[list[int]] | None = None) -> list[object]:
+        day_ttl, month_ttl, day, month = periods or _periods()
         typical_ms = int(self._typical_call_seconds(admission.scopes[-1].tenant) * 1000)
         keys, args = [], [op, len(admission.scopes), tokens, admission.lease_id, int(self._lease_seconds * 1000),
-                          day_ttl, month_ttl, cost, typical_ms]
-        for scope, limits in zip(admission.scopes, admission.limits, strict=True):
+                          day_ttl, month_ttl, cost, typical_ms, admission.admitted_us, real_tokens]
+        for i, (scope, limits) in enumerate(zip(admission.scopes, admission.limits, strict=True)):
             base = f"rl:{{{scope.tenant}}}:{scope.name}"  # {tenant}: one hash slot in Redis Cluster
-            keys += [f"{base}:req", f"{base}:tok", f"{base}:conc", f"{base}:day:{day}", f"{base}:month:{month}",
-                     f"{base}:cost:{month}", f"{base}:cost:{day}"]
+            quotas = [f"{base}:day:{day}", f"{base}:month:{month}", f"{base}:cost:{month}", f"{base}:cost:{day}"]
+            keys += [f"{base}:req", f"{base}:tok", f"{base}:conc", *quotas, *(f"{q}:seeded" for q in quotas)]
             args += [limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent_requests,
-                     limits.tokens_per_day, limits.tokens_per_month, limits.cost_micro_usd_per_month,
-                     limits.cost_micro_usd_per_day]
+                     *(seeds[i] if seeds else (limits.tokens_per_day, limits.tokens_per_month,
+                                               limits.cost_micro_usd_per_month, limits.cost_micro_usd_per_day))]
         return await self._script(keys=keys, args=args)
 
-    def _fallback(self, identity: Identity, admission: Admission, exc: Exception) -> Admission:
+    def _fallback(self, identity: Identity, admission: Admission, exc: Exception,
+                  store: str = "the limits store (Redis)") -> Admission:
         policy = self._catalog.tier(identity.tier).on_redis_down
         LIMITER_FALLBACKS.labels(policy).inc()
-        log.warning("limiter.redis_unavailable", policy=policy, error=str(exc))
+        log.warning("limiter.redis_unavailable", policy=policy, store=store, error=str(exc))
         if policy == "fail_closed":
-            raise Unavailable(
-                f"the limits store (Redis) is unreachable and tier {identity.tier!r} fails closed; retry shortly"
-            )
+            raise Unavailable(f"{store} is unreachable and tier {identity.tier!r} fails closed; retry shortly")
         self._local.admit(admission, self._typical_call_seconds(identity.tenant))
         admission.local = True
         return admission
+
+
+def _misses(reply: list[object]) -> list[tuple[int, int]]:
+    """The script's missing counters, ``(scope index, counter index)`` pairs."""
+    values = [int(v) for v in reply]  # type: ignore[call-overload]
+    return list(zip(values[::2], values[1::2], strict=True))
 
 
 def _budget(limits: list[LimitSet], reply: list[object]) -> Budget:

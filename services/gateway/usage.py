@@ -9,6 +9,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
+from moteur.gateway.limits import LimitScope
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import new_id
 from moteur.runtime.mongo import insert_once
@@ -47,6 +48,22 @@ class UsageLedger:
 
     async def ensure_indexes(self) -> None:
         await self._usage.create_index([("tenant", 1), ("created_at", 1)])
+        # what a lost quota counter of a user or a key is rebuilt from (spent)
+        await self._usage.create_index([("tenant", 1), ("user", 1), ("created_at", 1)])
+        await self._usage.create_index([("tenant", 1), ("key_id", 1), ("created_at", 1)])
+
+    async def spent(self, scope: LimitScope, start: datetime, end: datetime) -> TokenUsage:
+        """The tokens and cost the ledger holds for one limit scope (key, user or tenant) in [start, end).
+
+        Only turns that ended are in the ledger (a turn's usage is written before its limits are settled),
+        so this is the settled part of a quota's counter: without the reservations of calls still running.
+        """
+        match: dict[str, Any] = {"tenant": scope.tenant, "created_at": {"$gte": start, "$lt": end}}
+        if scope.kind != "tenant":
+            match[_SCOPE_FIELDS[scope.kind]] = scope.id
+        pipeline = [{"$match": match}, {"$group": {"_id": None, **_SUMS}}]
+        rows = await (await self._usage.aggregate(pipeline)).to_list()
+        return TokenUsage.from_dict(rows[0]) if rows else TokenUsage()
 
     def record_write(self, identity: Identity, user: str, session_id: str, model: str, usage: TokenUsage) -> UpdateOne:
         """The write that records one turn's usage, sent with the turn's messages."""
@@ -56,6 +73,10 @@ class UsageLedger:
             self._usage.full_name,
         )
 
+
+_SCOPE_FIELDS = {"key": "key_id", "user": "user"}
+_SUMS = {"input_tokens": {"$sum": "$input_tokens"}, "output_tokens": {"$sum": "$output_tokens"},
+         "cost_micro_usd": {"$sum": "$cost_micro_usd"}}
 
 GROUPS: dict[str, Any] = {
     "": None, "model": "$model", "user": "$user", "key": "$key_id",
@@ -79,9 +100,7 @@ async def usage_report(
         match["user"] = user
     pipeline = [
         {"$match": match},
-        {"$group": {"_id": GROUPS[group_by], "requests": {"$sum": 1},
-                    "input_tokens": {"$sum": "$input_tokens"}, "output_tokens": {"$sum": "$output_tokens"},
-                    "cost_micro_usd": {"$sum": "$cost_micro_usd"}}},
+        {"$group": {"_id": GROUPS[group_by], "requests": {"$sum": 1}, **_SUMS}},
         {"$sort": {"_id": 1}},
     ]
     rows = await (await ledger.collection.aggregate(pipeline)).to_list()
