@@ -50,13 +50,14 @@ async def _measure(stack: LocalStack) -> tuple[Figures, Figures]:
         keys = ApiKeyStore(db)
         key = await bench_key(stack, "bench", "bench-user")
         catalog = LimitsCatalog(load_tiers(REPO_CONFIG / "tiers.yaml"), db)
-        pools = DispatchPools(GatewaySettings(), router_pb2_grpc.RouterStub(router_channel))
+        issuer = stack.mesh_issuer()  # the gateway's key: authentication signs each caller's mesh token
+        pools = DispatchPools(GatewaySettings(), router_pb2_grpc.RouterStub(router_channel), issuer)
         await pools.refresh()  # the dispatch capacities, as a gateway reads them at start
         limiter = RateLimiter(limits_store, catalog)
         admission = AdmissionControl(catalog, limiter, AlertLog(db), pools)
         pool = pools.key(common_pb2.REQUEST_TYPE_CHAT, "instant")
         queue = pools.queue(pool)
-        auth, context = Authenticator(keys), _CallContext(key)
+        auth, context = Authenticator(keys, issuer), _CallContext(key)
         admit_times, settle_times = [], []
         started = time.perf_counter()
         for _ in range(REQUESTS):

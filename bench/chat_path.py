@@ -33,6 +33,7 @@ from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, router_pb2, rou
 
 CONCURRENCY = (1, 8, 32)
 SECONDS_PER_POINT = float(os.environ.get("BENCH_SECONDS", "6"))
+BENCH_CALLER = Identity("bench", "bench-user", "standard")
 TURNS_PER_SESSION = 10
 PAYLOAD = "What is the capital of France? Answer in one word."
 
@@ -91,7 +92,7 @@ async def _store_figures(stack: LocalStack) -> Figures:
     mongo = connect_mongo(settings)
     db = database(mongo, settings)
     sessions, usage = SessionStore(db), UsageLedger(db)
-    identity = Identity("bench", "bench-user", "standard")
+    identity = BENCH_CALLER
     state: dict[str, Session] = {}
 
     async def turn(sequence: int) -> None:
@@ -113,9 +114,8 @@ async def _store_figures(stack: LocalStack) -> Figures:
         await mongo.close()
 
 
-async def _router_figures(address: str) -> Figures:
+async def _router_figures(address: str, metadata: list[tuple[str, str]]) -> Figures:
     """The router's share: Complete on the instant model, called directly at concurrency 1."""
-    metadata = Identity("bench", "bench-user", "standard").as_metadata()
     request = router_pb2.CompleteRequest(
         messages=[router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content=PAYLOAD)], model_hint="instant"
     )
@@ -156,7 +156,7 @@ def main() -> dict[str, list[Figures]]:
                 echo_figures = asyncio.run(_echo_figures(echo_port))
                 gateway_figures = asyncio.run(_gateway_figures(stack.address("gateway"), key))
                 store = asyncio.run(_store_figures(stack))
-                router = asyncio.run(_router_figures(stack.address("router")))
+                router = asyncio.run(_router_figures(stack.address("router"), stack.mesh_metadata(BENCH_CALLER)))
         finally:
             echo.terminate()
             echo.wait()

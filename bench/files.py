@@ -105,7 +105,7 @@ async def _streaming(stack: LocalStack) -> tuple[float, float]:
         return total
 
     disk = min(_time(lambda: from_disk().to_bytes(8), 1)[0] for _ in range(3))
-    metadata = Identity("bench", "bench-user", "standard").as_metadata()
+    metadata = stack.mesh_metadata(Identity("bench", "bench-user", "standard"))
     async with grpc.aio.insecure_channel(stack.address("files")) as channel:
         files = files_pb2_grpc.FilesStub(channel)
         best = float("inf")

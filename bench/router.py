@@ -32,6 +32,7 @@ from bench.echo_server import METHOD
 from bench.stats import Figures
 from moteur.devstack.processes import ManagedProcess, free_port, port_open
 from moteur.runtime.identity import Identity
+from moteur.runtime.mesh_tokens import GATEWAY_ISSUER, MeshTokenIssuer, write_key_pair
 from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 CONCURRENCY = (1, 8, 32)
@@ -86,6 +87,10 @@ async def _direct(base_url: str, concurrency: int, seconds: float) -> Latencies:
         return await _drive(call, concurrency, seconds)
 
 
+# The metadata of the benchmark's caller, signed once the router's keys exist (in main).
+_CALLER: list[list[tuple[str, str]]] = []
+
+
 def _request(request_type: int) -> router_pb2.CompleteRequest:
     return router_pb2.CompleteRequest(
         messages=[router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content=PAYLOAD)], request_type=request_type
@@ -94,7 +99,7 @@ def _request(request_type: int) -> router_pb2.CompleteRequest:
 
 async def _routed(address: str, concurrency: int, seconds: float,
                   request_type: int = common_pb2.REQUEST_TYPE_CHAT) -> Latencies:
-    metadata = Identity("bench", "bench-user", "standard").as_metadata()
+    metadata = _CALLER[0]
     request = _request(request_type)
     async with grpc.aio.insecure_channel(address) as channel:
         router = router_pb2_grpc.RouterStub(channel)
@@ -154,9 +159,14 @@ def main() -> dict[str, list[Figures]]:
     with tempfile.TemporaryDirectory(prefix="moteur-bench-router-") as data_dir:
         models_file = Path(data_dir) / "models.yaml"
         models_file.write_text(yaml.safe_dump(_registry(base_url)))
+        keys = Path(data_dir) / "mesh-keys"  # the router checks the gateway's tokens and signs its own
+        signing_key = write_key_pair(keys, GATEWAY_ISSUER)
+        _CALLER[:] = [MeshTokenIssuer.from_pem_file(GATEWAY_ISSUER, signing_key, 3600).sign(
+            Identity("bench", "bench-user", "standard"), seconds=3600).as_metadata()]
         env = {**os.environ, "MOTEUR_GRPC_PORT": str(router_port), "MOTEUR_METRICS_PORT": str(metrics_port),
                "MOTEUR_LISTEN_HOST": "127.0.0.1", "MOTEUR_MODELS_FILE": str(models_file), "MOTEUR_LOG_LEVEL": "ERROR",
-               "MOTEUR_MEMORY_ADDR": f"127.0.0.1:{free_port()}"}
+               "MOTEUR_MEMORY_ADDR": f"127.0.0.1:{free_port()}", "MOTEUR_MESH_KEYS_DIR": str(keys / "public"),
+               "MOTEUR_MESH_SIGNING_KEY_FILE": str(write_key_pair(keys, "router"))}
         router = ManagedProcess("router", [sys.executable, "-m", "moteur.router"], Path(data_dir) / "router.log",
                                 env=env, ready=lambda: port_open(router_port))
         try:

@@ -50,8 +50,7 @@ async def _in_process() -> tuple[Figures, Figures]:
             Figures.of("registry", 1, *await _drive(registered, 1, SECONDS_PER_POINT)))
 
 
-async def _over_grpc(address: str) -> Figures:
-    metadata = Identity("bench", "bench-user", "standard").as_metadata()
+async def _over_grpc(address: str, metadata: list[tuple[str, str]]) -> Figures:
     async with grpc.aio.insecure_channel(address) as channel:
         tools = tools_pb2_grpc.ToolsStub(channel)
 
@@ -90,7 +89,8 @@ def main() -> None:
         options = StackOptions(data_dir=Path(data_dir), model_server=False, service_env={"MOTEUR_LOG_LEVEL": "WARNING"})
         with LocalStack(options) as stack:
             key = asyncio.run(bench_key(stack, "bench", "bench-user"))
-            invoke = asyncio.run(_over_grpc(stack.address("tools")))
+            caller = stack.mesh_metadata(Identity("bench", "bench-user", "standard"))
+            invoke = asyncio.run(_over_grpc(stack.address("tools"), caller))
             plain, looped = asyncio.run(_turns(stack.address("gateway"), key))
     print("tools: calculator called in-process vs the tools service's Invoke over gRPC (concurrency 1)")
     for figures in (function, registry, invoke):

@@ -21,6 +21,8 @@ from moteur.runtime.identity import Identity
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.settings import MongoSettings
 from moteur.v1 import tools_pb2, tools_pb2_grpc
+from tests import mesh
+from tests.mesh import signed
 
 # The tools policy of the test stack: acme may use every built-in and has three MCP servers (stdio): the
 # notes server, the same for the enterprise tier only, and one that cannot start; other tenants get the
@@ -68,6 +70,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fault_server: str) -> Iterat
                                         # MCP servers' tool lists re-read each second (changes show soon)
                                         "MOTEUR_MCP_REFRESH_SECONDS": "1"})
     with LocalStack(options) as running:
+        mesh.use(running.mesh_issuer())
         yield running
 
 
@@ -75,7 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fault_server: str) -> Iterat
 def mcp_ready(stack: LocalStack) -> None:
     """acme's notes MCP server is connected and its tools listed: a first start of its Python process on a
     cold, busy machine can outlast the tools service's own wait for it."""
-    identity = Identity("acme", "alice", "standard").as_metadata()
+    identity = signed(Identity("acme", "alice", "standard"))
     deadline = time.monotonic() + 60
     with grpc.insecure_channel(stack.address("tools")) as channel:
         tools = tools_pb2_grpc.ToolsStub(channel)

@@ -10,7 +10,7 @@ import shutil
 import sys
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -20,11 +20,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from moteur.devstack.models import gemma3_path, smollm2_path
 from moteur.devstack.processes import ManagedProcess, free_port, port_open
 from moteur.devstack.supervisor import Supervisor
-from moteur.runtime.identity import Identity
+from moteur.runtime.identity import ADMIN_SCOPES, USER_SCOPES, Identity
+from moteur.runtime.mesh_tokens import GATEWAY_ISSUER, MeshTokenIssuer, write_key_pair
 
 DEFAULT_DATA_DIR = Path(".data")
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
 SERVICES = ("router", "memory", "files", "tools", "gateway")  # start order: the gateway last
+SIGNING_SERVICES = (GATEWAY_ISSUER, "router")
 
 
 @dataclass
@@ -97,10 +99,20 @@ class LocalStack:
     def tools_file(self) -> Path:
         return REPO_CONFIG / "tools.yaml" if self.options.tools_config is None else self.data_dir / "tools.yaml"
 
+    @property
+    def mesh_keys_dir(self) -> Path:
+        return self.data_dir / "mesh-keys"
+
+    def mesh_issuer(self) -> MeshTokenIssuer:
+        """The gateway's signer: what tests and benchmarks use to call an internal service directly."""
+        return MeshTokenIssuer.from_pem_file(GATEWAY_ISSUER, self.mesh_keys_dir / f"{GATEWAY_ISSUER}.key")
+
     def mesh_metadata(self, identity: Identity) -> list[tuple[str, str]]:
-        """Metadata for a direct call to an internal service as ``identity`` (tests, benchmarks): what the
-        gateway would send on that caller's behalf."""
-        return identity.as_metadata()
+        """Metadata for a direct call to an internal service as ``identity`` (tests, benchmarks): the mesh token
+        the gateway would sign for that caller (admin identities get the admin scopes)."""
+        if identity.admin and identity.scopes == USER_SCOPES:
+            identity = replace(identity, scopes=ADMIN_SCOPES)
+        return self.mesh_issuer().sign(identity).as_metadata()
 
     def service_env(self, service: str) -> dict[str, str]:
         return {
@@ -122,11 +134,18 @@ class LocalStack:
             "MOTEUR_MILVUS_URI": str(self.data_dir / "milvus.db"),
             "MOTEUR_FILES_DIR": str(self.data_dir / "files"),
             "MOTEUR_FACT_EXTRACTOR": self.options.fact_extractor,
+            "MOTEUR_MESH_KEYS_DIR": str(self.mesh_keys_dir / "public"),
+            # The gateway signs its callers' identities, the router its own background calls; the others
+            # only check tokens.
+            **({"MOTEUR_MESH_SIGNING_KEY_FILE": str(self.mesh_keys_dir / f"{service}.key")}
+               if service in SIGNING_SERVICES else {}),
             **self.options.service_env,
         }
 
     # -- processes ---------------------------------------------------------------------------------
     def _define(self) -> None:
+        for service in SIGNING_SERVICES:  # kept across runs: a restarted part still trusts the others
+            write_key_pair(self.mesh_keys_dir, service)
         logs = self.data_dir / "logs"
         redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
         secantusd = str(Path(sys.executable).with_name("secantusd-py"))

@@ -108,5 +108,5 @@ async def call_service(
 
 
 def mesh_metadata(identity: Identity) -> list[tuple[str, str]]:
-    """Identity, request id and trace context for a call from one service to another."""
+    """The signed identity, request id and trace context for a call from one service to another."""
     return [*identity.as_metadata(), (REQUEST_ID_HEADER, request_id_var.get()), *inject_context()]

@@ -1,14 +1,21 @@
-"""The one server interceptor: request id, trace span, structured log line, metrics, error mapping.
+"""The one server interceptor: request id, trace span, structured log line, metrics, the mesh identity check,
+request decoding and error mapping.
 
 It wraps each handler's behaviour rather than stacking several interceptors, because every layer of
 grpc.aio interception costs a few microseconds on the hot path and these concerns share one timer.
+
+Before any handler of an internal service runs, the call's mesh token is verified and its scopes checked
+(see :mod:`moteur.runtime.mesh_tokens`); the handler reads the identity from the checked token only. The
+request is decoded here, not in grpc's own path, so that malformed bytes become INVALID_ARGUMENT with a
+log line like any other refusal (see :mod:`moteur.runtime.requests`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -17,10 +24,13 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from moteur.runtime import context as call_context
-from moteur.runtime.errors import MoteurError, Unavailable, to_grpc_status
-from moteur.runtime.identity import REQUEST_ID_HEADER, TENANT_HEADER, metadata_value
+from moteur.runtime.errors import MoteurError, PermissionDenied, Unauthenticated, Unavailable, to_grpc_status
+from moteur.runtime.identity import REQUEST_ID_HEADER, TOKEN_HEADER, identity_var, metadata_value
 from moteur.runtime.ids import new_id
-from moteur.runtime.metrics import RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
+from moteur.runtime.logging import exception_summary
+from moteur.runtime.mesh_tokens import MeshTokenVerifier
+from moteur.runtime.metrics import MESH_AUTH_REFUSED, RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
+from moteur.runtime.requests import Decode, decoder
 from moteur.runtime.tracing import extract_context
 
 log = structlog.get_logger("moteur.rpc")
@@ -46,9 +56,36 @@ def translate_exception(exc: BaseException) -> MoteurError | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class MeshGuard:
+    """How an internal service admits calls: the verifier of its audience and the scope each method needs."""
+
+    verifier: MeshTokenVerifier
+    scopes: Mapping[str, str]  # method name -> required scope
+
+    def admit(self, method: str, metadata: Any) -> None:
+        token = metadata_value(metadata, TOKEN_HEADER)
+        if not token:
+            MESH_AUTH_REFUSED.labels("missing").inc()
+            raise Unauthenticated(f"missing mesh token ({TOKEN_HEADER}): internal services are called through "
+                                  "the gateway, which signs the caller's identity")
+        try:
+            identity = self.verifier.verify(token)
+        except Unauthenticated:
+            MESH_AUTH_REFUSED.labels("invalid").inc()
+            raise
+        needed = self.scopes.get(method)
+        if needed is None or needed not in identity.scopes:
+            MESH_AUTH_REFUSED.labels("scope").inc()
+            raise PermissionDenied(f"this call's identity may not call {method} (needs scope {needed!r})")
+        identity_var.set(identity)
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, guard: MeshGuard | None = None) -> None:
+        """``guard``: None for the public gateway, which authenticates API keys itself."""
         self._service = service
+        self._guard = guard
         # The wrapped handler of each method, built once: grpc asks for it on every call.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -67,42 +104,57 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        # The request arrives as bytes (no deserializer given to grpc) and is decoded inside the call.
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(full_method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(full_method, handler.unary_unary, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(full_method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(full_method, handler.unary_stream, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler  # client-streaming and bidi calls are not part of the v1 API
 
-    def _wrap_unary(self, full_method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        method = _Method(self._service, full_method)
+    def _admission(self, method: _Method, deserializer: Any) -> Callable[[bytes, Any], Any]:
+        """What runs before the handler: the mesh guard (internal services), then decoding and checks."""
+        decode: Decode = decoder(deserializer)
+        guard = None if method.quiet else self._guard
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        def admit(raw: bytes, metadata: Any) -> Any:
+            if guard is not None:
+                guard.admit(method.name, metadata)
+            return decode(raw)
+
+        return admit
+
+    def _wrap_unary(self, full_method: str, behavior: Callable[..., Awaitable[Any]],
+                    deserializer: Any) -> Callable[..., Any]:
+        method = _Method(self._service, full_method)
+        admit = self._admission(method, deserializer)
+
+        async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(method, context)
             with call:
                 try:
-                    return await behavior(request, context)
+                    return await behavior(admit(raw, call.metadata), context)
                 except BaseException as exc:  # every outcome is recorded, then re-raised
                     await call.fail(exc)
                     raise
 
         return unary
 
-    def _wrap_stream(self, full_method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+    def _wrap_stream(self, full_method: str, behavior: Callable[..., AsyncIterator[Any]],
+                     deserializer: Any) -> Callable[..., Any]:
         method = _Method(self._service, full_method)
+        admit = self._admission(method, deserializer)
 
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(method, context)
             with call:
                 try:
-                    async for message in behavior(request, context):
+                    async for message in behavior(admit(raw, call.metadata), context):
                         yield message
                 except BaseException as exc:
                     await call.fail(exc)
@@ -141,14 +193,14 @@ class _Call:
         self.code = grpc.StatusCode.OK
 
     def __enter__(self) -> _Call:
-        metadata = self.context.invocation_metadata()
+        metadata = self.metadata = self.context.invocation_metadata()
         self.request_id = metadata_value(metadata, REQUEST_ID_HEADER) or new_id()
-        self.tenant = metadata_value(metadata, TENANT_HEADER)
         remaining = self.context.time_remaining()
         self.started = time.perf_counter()
         self._tokens = [
             call_context.request_id_var.set(self.request_id),
             call_context.deadline_var.set(None if remaining is None else time.monotonic() + remaining),
+            identity_var.set(None),
         ]
         structlog.contextvars.bind_contextvars(request_id=self.request_id, method=self.method.name)
         self._span = _tracer.start_as_current_span(
@@ -169,7 +221,8 @@ class _Call:
             return
         error = translate_exception(exc)
         if error is None:
-            log.error("rpc.unhandled_error", exc_info=exc)
+            # The type and where it was raised, never its message or locals: they may hold user text.
+            log.error("rpc.unhandled_error", **exception_summary(exc))
             error = MoteurError(f"internal error; quote request id {self.request_id} when reporting it")
         self.code = error.code
         self.span.set_attribute("moteur.error", error.message)
@@ -190,8 +243,10 @@ class _Call:
         self._span.__exit__(None, None, None)
         if not self.method.quiet or self.code is not grpc.StatusCode.OK:
             trace_id = format(self.span.get_span_context().trace_id, "032x")
-            log.info("rpc", code=self.code.name, ms=round(elapsed * 1000, 2), tenant=self.tenant or None,
-                     trace_id=trace_id)
+            identity = identity_var.get()
+            log.info("rpc", code=self.code.name, ms=round(elapsed * 1000, 2), trace_id=trace_id,
+                     tenant=identity.tenant if identity else None, user=identity.user if identity else None)
         structlog.contextvars.unbind_contextvars("request_id", "method")
         call_context.request_id_var.reset(self._tokens[0])
         call_context.deadline_var.reset(self._tokens[1])
+        identity_var.reset(self._tokens[2])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
+from typing import Any
 
 import structlog
 
@@ -21,7 +23,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks,
+            _summarize_exceptions,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
@@ -31,6 +33,24 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     structlog.contextvars.bind_contextvars(service=service)
     # Libraries that use the standard logging module (pymongo, httpx) go to the same stream.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+
+
+def exception_summary(exc: BaseException) -> dict[str, Any]:
+    """What a log line may say of an exception: its type and where it was raised (file:line function), never
+    its message or the frames' locals, which may hold user text, secrets or tokens."""
+    frames = traceback.extract_tb(exc.__traceback__)[-8:]
+    return {"error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "stack": [f"{f.filename.rsplit('/', 2)[-1] if f.filename else '?'}:{f.lineno} {f.name}" for f in frames]}
+
+
+def _summarize_exceptions(logger: object, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """``exc_info`` (log.exception, exc_info=True) becomes :func:`exception_summary`."""
+    exc_info = event.pop("exc_info", None)
+    if exc_info:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if exc is not None:
+            event.update(exception_summary(exc))
+    return event
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

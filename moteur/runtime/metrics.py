@@ -21,6 +21,11 @@ RPC_LATENCY = Histogram(
     ["service", "method", "code"], buckets=LATENCY_BUCKETS,
 )
 RPC_IN_FLIGHT = Gauge("moteur_rpc_in_flight", "RPCs being handled now.", ["service", "method"])
+MESH_AUTH_REFUSED = Counter(
+    "moteur_mesh_auth_refused_total",
+    "Internal calls refused before any handler: no mesh token, an invalid one (forged, expired, another key or "
+    "audience), or one without the method's scope.", ["reason"],
+)
 
 
 def serve_metrics(port: int, host: str = "0.0.0.0") -> None:

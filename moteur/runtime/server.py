@@ -1,7 +1,8 @@
 """The grpc.aio server bootstrap every service runs: health, reflection, metrics, graceful drain.
 
-A service describes itself as a :class:`ServiceApp` — its name and an async generator that opens its
-dependencies, yields the servicers to register and closes them after the drain — and calls :func:`run`.
+A service describes itself as a :class:`ServiceApp` — its name, an async generator that opens its
+dependencies, yields the servicers to register and closes them after the drain, and for an internal
+service the scope each of its methods needs — and calls :func:`run`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +20,11 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from moteur.runtime.interceptors import ObservabilityInterceptor
+from moteur.runtime.interceptors import MeshGuard, ObservabilityInterceptor
 from moteur.runtime.logging import configure_logging
+from moteur.runtime.mesh_tokens import MeshTokenVerifier
 from moteur.runtime.metrics import serve_metrics
-from moteur.runtime.settings import ServerSettings
+from moteur.runtime.settings import MeshAuthSettings, ServerSettings
 from moteur.runtime.tls import TlsSettings
 from moteur.runtime.tracing import configure_tracing
 
@@ -45,8 +47,24 @@ Build = Callable[[], AsyncIterator[Sequence[Registration]]]
 
 @dataclass(frozen=True)
 class ServiceApp:
-    name: str  # "gateway", "router", …: labels metrics, logs and traces
+    name: str  # "gateway", "router", …: labels metrics, logs and traces, and is the audience of its tokens
     build: Build
+    # An internal service: the scope each method needs (see moteur.runtime.identity); every call must carry
+    # a mesh token that grants it. None: the public gateway, which authenticates API keys itself.
+    scopes: Mapping[str, str] | None = None
+
+
+def _guard(app: ServiceApp, registrations: Sequence[Registration], auth: MeshAuthSettings) -> MeshGuard | None:
+    if app.scopes is None:
+        return None
+    if auth.mesh_keys_dir is None:
+        raise RuntimeError(f"the {app.name} service needs MOTEUR_MESH_KEYS_DIR: the public keys whose mesh "
+                           "tokens it accepts (make run writes them to .data/mesh-keys/public)")
+    unscoped = [m.name for r in registrations for m in r.descriptor.methods if m.name not in app.scopes]
+    if unscoped:  # fail at start, not with a refusal at the first call
+        raise RuntimeError(f"{app.name}: no scope declared for {', '.join(unscoped)}")
+    verifier = MeshTokenVerifier.from_directory(auth.mesh_keys_dir, app.name, auth.mesh_token_leeway_seconds)
+    return MeshGuard(verifier, app.scopes)
 
 
 async def serve(
@@ -65,7 +83,8 @@ async def serve(
         ("grpc.keepalive_permit_without_calls", 1),
     ]
     async with contextlib.asynccontextmanager(app.build)() as registrations:
-        server = grpc.aio.server(interceptors=[ObservabilityInterceptor(app.name)], options=options)
+        guard = _guard(app, registrations, MeshAuthSettings())
+        server = grpc.aio.server(interceptors=[ObservabilityInterceptor(app.name, guard)], options=options)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [r.descriptor.full_name for r in registrations]

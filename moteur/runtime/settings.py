@@ -30,6 +30,23 @@ class ServerSettings(MoteurSettings):
     max_message_bytes: int = Field(8 * 1024 * 1024, description="Largest gRPC message accepted or sent.")
 
 
+class MeshAuthSettings(MoteurSettings):
+    """The mesh identity: the keys that sign and check the tokens every internal call carries."""
+
+    mesh_keys_dir: Path | None = Field(
+        None, description="Directory of trusted Ed25519 public keys, <issuer>[.<name>].pem (a Secret); required "
+        "by internal services, which refuse every call without a token signed by one of them."
+    )
+    mesh_signing_key_file: Path | None = Field(
+        None, description="This service's Ed25519 private key (PKCS#8 PEM): the gateway signs its callers' "
+        "identities with it, the router its own background calls."
+    )
+    mesh_token_max_seconds: float = Field(
+        300.0, gt=0, description="Longest a mesh token lives; it expires with the caller's deadline when sooner."
+    )
+    mesh_token_leeway_seconds: float = Field(5.0, ge=0, description="Clock skew tolerated between pods.")
+
+
 class MeshSettings(MoteurSettings):
     """Where the other services of the mesh listen, and how to call them."""
 

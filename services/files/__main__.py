@@ -13,7 +13,7 @@ from moteur.files.store import FileStore, TemplateStore
 from moteur.files.tables import AskModel
 from moteur.runtime.channels import open_channel
 from moteur.runtime.completion import complete_json
-from moteur.runtime.identity import Identity
+from moteur.runtime.identity import SCOPE_FILES_READ, SCOPE_FILES_WRITE, SCOPE_TEMPLATES_WRITE, Identity
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.server import Registration, ServiceApp, run
 from moteur.runtime.settings import FilesSettings, MeshSettings, MongoSettings
@@ -54,7 +54,10 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
         await mongo.close()
 
 
-app = ServiceApp("files", build)
+app = ServiceApp("files", build, scopes={
+    "Render": SCOPE_FILES_WRITE, "DeleteFile": SCOPE_FILES_WRITE, "GetFile": SCOPE_FILES_READ,
+    "ListFiles": SCOPE_FILES_READ, "ListTemplates": SCOPE_FILES_READ, "PutTemplate": SCOPE_TEMPLATES_WRITE,
+})
 
 if __name__ == "__main__":
     run(app)

@@ -25,6 +25,7 @@ from moteur.gateway.tenants import TenantSettings
 from moteur.gateway.tooling import ToolBox
 from moteur.gateway.usage import UsageLedger
 from moteur.runtime.channels import open_channel
+from moteur.runtime.mesh_tokens import MeshTokenIssuer
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.server import Registration, ServiceApp, run
 from moteur.runtime.settings import GatewaySettings, MeshSettings, MongoSettings, RedisSettings
@@ -56,15 +57,16 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     toolbox = ToolBox(tools_pb2_grpc.ToolsStub(tools_channel), mesh.call_timeout_seconds,
                       settings.tool_list_cache_seconds)
     memory = memory_pb2_grpc.MemoryStub(memory_channel)
-    outbox, tenants = MemoryOutbox(db, memory), TenantSettings(db)
+    issuer = MeshTokenIssuer.from_settings("gateway")
+    outbox, tenants = MemoryOutbox(db, memory, issuer), TenantSettings(db)
     keys, sessions, usage, idempotency = ApiKeyStore(db), SessionStore(db), UsageLedger(db), IdempotencyStore(db)
     catalog, alerts = LimitsCatalog(tiers, db), AlertLog(db, settings.alert_webhook_url)
     for store in (keys, sessions, usage, idempotency, alerts, outbox):
         await store.ensure_indexes()
     router = router_pb2_grpc.RouterStub(router_channel)
-    pools = DispatchPools(settings, router)
+    pools = DispatchPools(settings, router, issuer)
     await pools.refresh()  # the models' capacity; a router not up yet is read on its first answer
-    limiter = RateLimiter(limits_store, catalog, settings.lease_seconds)
+    limiter = RateLimiter(limits_store, catalog, settings.lease_seconds, ledger=usage)
     admission = AdmissionControl(catalog, limiter, alerts, pools)
     conversation = Conversation(
         mongo, sessions, usage, idempotency, router, mesh.call_timeout_seconds, on_registry=pools.observe,
@@ -79,8 +81,8 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
             Registration(
                 gateway_pb2.DESCRIPTOR.services_by_name["Gateway"],
                 GatewayServicer(
-                    Authenticator(keys), keys, sessions, usage, conversation, admission, router, memory, tenants,
-                    toolbox, files,
+                    Authenticator(keys, issuer), keys, sessions, usage, conversation, admission, router, memory,
+                    tenants, toolbox, files,
                 ),
                 gateway_pb2_grpc.add_GatewayServicer_to_server,
                 on_drain=pools.drain,  # queued turns are handed back at once, in-flight ones finish

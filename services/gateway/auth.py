@@ -21,8 +21,9 @@ import grpc
 from pymongo.asynchronous.database import AsyncDatabase
 
 from moteur.runtime.errors import InvalidArgument, Unauthenticated
-from moteur.runtime.identity import Identity, metadata_value
+from moteur.runtime.identity import ADMIN_SCOPES, USER_SCOPES, Identity, identity_var, metadata_value
 from moteur.runtime.ids import new_id
+from moteur.runtime.mesh_tokens import MeshTokenIssuer
 from moteur.runtime.mongo import insert_new
 
 KEY_PREFIX = "mot_"
@@ -41,7 +42,8 @@ class ApiKey:
 
     @property
     def identity(self) -> Identity:
-        return Identity(tenant=self.tenant, user=self.user, tier=self.tier, key_id=self.key_id, admin=self.admin)
+        return Identity(tenant=self.tenant, user=self.user, tier=self.tier, key_id=self.key_id, admin=self.admin,
+                        scopes=ADMIN_SCOPES if self.admin else USER_SCOPES)
 
 
 def hash_key(plaintext: str) -> str:
@@ -98,21 +100,30 @@ def _from_doc(doc: dict) -> ApiKey:
 
 
 class Authenticator:
-    """Turns the API key in call metadata into an :class:`Identity`, with a small bounded cache."""
+    """Turns the API key in call metadata into an :class:`Identity`, with a small bounded cache, and signs it
+    for the call: the mesh token every internal call made on the caller's behalf carries."""
 
-    def __init__(self, store: ApiKeyStore, cache_seconds: float = 30.0, cache_size: int = 10_000) -> None:
+    def __init__(self, store: ApiKeyStore, issuer: MeshTokenIssuer, cache_seconds: float = 30.0,
+                 cache_size: int = 10_000) -> None:
         self._store = store
+        self._issuer = issuer
         self._cache_seconds = cache_seconds
         self._cache_size = cache_size
         self._cache: OrderedDict[str, tuple[float, ApiKey]] = OrderedDict()
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Identity:
+        key = await self._key(context)
+        identity = self._issuer.sign(key.identity)
+        identity_var.set(identity)  # the request's log line names its tenant and user
+        return identity
+
+    async def _key(self, context: grpc.aio.ServicerContext) -> ApiKey:
         # Cached by hash, so plaintext keys are not kept in memory longer than the call.
         key_hash = hash_key(_key_from_metadata(context.invocation_metadata()))
         now = time.monotonic()
         cached = self._cache.get(key_hash)
         if cached is not None and cached[0] > now:
-            return cached[1].identity
+            return cached[1]
         key = await self._store.find(key_hash)
         if key is None:
             raise Unauthenticated("API key not recognised (revoked, mistyped or from another deployment)")
@@ -120,7 +131,7 @@ class Authenticator:
         self._cache.move_to_end(key_hash)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return key.identity
+        return key
 
 
 def _key_from_metadata(metadata: object) -> str:

@@ -20,9 +20,12 @@ import structlog
 
 from moteur.gateway.metrics import DISPATCH_CAPACITY
 from moteur.gateway.queue import AdmissionQueue
+from moteur.runtime.identity import SCOPE_MODELS, Identity
+from moteur.runtime.mesh_tokens import MeshTokenIssuer
 from moteur.runtime.settings import GatewaySettings
 from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc
 
+REGISTRY_READER = Identity("", "service:gateway", "", scopes=frozenset({SCOPE_MODELS}))
 log = structlog.get_logger("moteur.gateway.dispatch")
 
 _TYPE_NAMES = {value: name.removeprefix("REQUEST_TYPE_").lower()
@@ -30,7 +33,9 @@ _TYPE_NAMES = {value: name.removeprefix("REQUEST_TYPE_").lower()
 
 
 class DispatchPools:
-    def __init__(self, settings: GatewaySettings, router: router_pb2_grpc.RouterStub) -> None:
+    def __init__(self, settings: GatewaySettings, router: router_pb2_grpc.RouterStub,
+                 issuer: MeshTokenIssuer) -> None:
+        self._issuer = issuer
         self._settings = settings
         self._router = router
         self._queues: dict[str, AdmissionQueue] = {}
@@ -66,7 +71,10 @@ class DispatchPools:
 
     async def refresh(self) -> None:
         try:
-            models = await self._router.ListModels(router_pb2.ListModelsRequest(), timeout=5)
+            # The gateway's own read of the registry, for no tenant: it signs a token that may only use models.
+            identity = self._issuer.sign(REGISTRY_READER, audience={"router"}, seconds=10)
+            models = await self._router.ListModels(router_pb2.ListModelsRequest(), metadata=identity.as_metadata(),
+                                                   timeout=5)
         except grpc.aio.AioRpcError as exc:
             log.warning("dispatch.registry_unreadable", code=exc.code().name, kept_revision=self.revision)
             return

@@ -38,9 +38,10 @@ from moteur.gateway.metrics import OUTBOX_BACKLOG, OUTBOX_DEAD_LETTERS, OUTBOX_D
 from moteur.gateway.sessions import Session, StoredMessage
 from moteur.runtime.channels import call_service
 from moteur.runtime.errors import MoteurError
-from moteur.runtime.identity import Identity
+from moteur.runtime.identity import SCOPE_MEMORY_WRITE, SCOPE_MODELS, Identity
 from moteur.runtime.ids import new_id
 from moteur.runtime.memory_limits import MAX_REPLY_CHARS, MAX_TEXT_CHARS
+from moteur.runtime.mesh_tokens import MeshTokenIssuer
 from moteur.runtime.mongo import insert_new, insert_once
 from moteur.runtime.tasks import cancel_and_wait
 from moteur.v1 import memory_pb2, memory_pb2_grpc
@@ -54,6 +55,7 @@ PERMANENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOU
 # Answers about memory's health, not about the entry: the entries wait, with no limit.
 OUTAGE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                     grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED})
+RELAY_SCOPES = frozenset({SCOPE_MEMORY_WRITE, SCOPE_MODELS})
 MAX_STRIKES = 5  # failures of one entry, while others went through, before it is dead-lettered
 MALFORMED = "malformed"  # an entry this relay cannot read (a field missing or of the wrong type)
 
@@ -62,8 +64,9 @@ DEAD_LETTER_SECONDS = 30 * 86400
 
 
 class MemoryOutbox:
-    def __init__(self, db: AsyncDatabase, memory: memory_pb2_grpc.MemoryStub, sweep_seconds: float = 5.0,
-                 max_backoff_seconds: float = 30.0) -> None:
+    def __init__(self, db: AsyncDatabase, memory: memory_pb2_grpc.MemoryStub, issuer: MeshTokenIssuer,
+                 sweep_seconds: float = 5.0, max_backoff_seconds: float = 30.0) -> None:
+        self._issuer = issuer
         self._entries = db["memory_outbox"]
         self._dead = db["memory_outbox_dead"]
         self._memory = memory
@@ -190,7 +193,7 @@ class MemoryOutbox:
         message at a time; a message refused alone for good is dead-lettered here."""
         request = memory_pb2.UpsertRequest(records=[m.record for m in batch])
         try:
-            await call_service(self._memory.Upsert, request, "memory", Identity(tenant, "", ""), timeout=30)
+            await call_service(self._memory.Upsert, request, "memory", self._identity(tenant), timeout=30)
             return batch, []
         except MoteurError as exc:
             if exc.code in OUTAGE:
@@ -209,14 +212,20 @@ class MemoryOutbox:
         return stored, failed
 
     async def _extract(self, tenant: str, entry: Entry, request: memory_pb2.ExtractRequest) -> None:
-        identity = Identity(tenant, request.user_id, "")
         try:
-            await call_service(self._memory.Extract, request, "memory", identity, timeout=60)
+            await call_service(self._memory.Extract, request, "memory", self._identity(tenant, request.user_id),
+                               timeout=60)
         except MoteurError as exc:
             if exc.code not in PERMANENT:
                 raise
             # The message itself is stored; only the facts it held are not.
             await self._bury(entry, "extract", _reason(exc.code), exc.message)
+
+    def _identity(self, tenant: str, user: str = "") -> Identity:
+        """The relay's own identity for ``tenant``: it writes memories and lets memory ask a model to extract
+        facts (the router accounts those calls to the "internal" tier), nothing else."""
+        return self._issuer.sign(Identity(tenant, user, "internal", scopes=RELAY_SCOPES),
+                                 audience={"memory", "router"}, seconds=90)
 
     async def _strike(self, entry: Entry, stage: str, error: MoteurError) -> None:
         """An entry failed while others went through: after MAX_STRIKES such passes it is dead-lettered."""
@@ -230,7 +239,7 @@ class MemoryOutbox:
 
     async def _forget(self, tenant: str, entry: Entry, request: memory_pb2.DeleteMemoriesRequest) -> None:
         try:
-            await call_service(self._memory.Delete, request, "memory", Identity(tenant, "", ""), timeout=30)
+            await call_service(self._memory.Delete, request, "memory", self._identity(tenant), timeout=30)
         except MoteurError as exc:
             if exc.code not in PERMANENT:
                 raise

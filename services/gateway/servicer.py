@@ -36,6 +36,7 @@ from moteur.runtime.channels import call_service, mesh_metadata, reconnecting
 from moteur.runtime.context import outgoing_timeout, time_remaining
 from moteur.runtime.errors import InvalidArgument, NotFound, PermissionDenied, from_rpc_error
 from moteur.runtime.identity import Identity
+from moteur.runtime.ids import is_valid_id
 from moteur.runtime.memory_limits import MAX_TEXT_CHARS
 from moteur.runtime.timestamps import to_datetime
 from moteur.v1 import (
@@ -425,15 +426,26 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return _tenant_settings(switches)
 
     async def _limit_scope(self, identity: Identity, name: str) -> LimitScope:
-        """A scope of the caller's own tenant: "tenant", "key:<id>" or "user:<id>"."""
+        """A scope of the caller's own tenant: "tenant", "key:<id>" or "user:<id>". A user key (not an admin)
+        names only its own key or user; another user's or key's limits are not its to read."""
         if name in ("", "tenant"):
             return LimitScope(identity.tenant, "tenant", identity.tenant)
         kind, _, value = name.partition(":")
-        if kind not in ("key", "user") or not value:
-            raise InvalidArgument("scope", 'one of "tenant", "key:<key id>" or "user:<user id>"')
-        if kind == "key" and not await self._keys.exists(identity.tenant, value):
-            raise NotFound(f"key {value} not found")
-        return LimitScope(identity.tenant, kind, value)  # type: ignore[arg-type]
+        if kind == "key" and is_valid_id(value):
+            if identity.user and not identity.admin and value != identity.key_id:
+                raise PermissionDenied("a user key reads its own limits only: scope \"key:<its own id>\"")
+            if not await self._keys.exists(identity.tenant, value):
+                raise NotFound(f"key {value} not found")
+            return LimitScope(identity.tenant, "key", value)
+        if kind == "user" and value:
+            if len(value) > check.MAX_USER_ID_CHARS or not value.isascii() or not value.isprintable():
+                raise InvalidArgument("scope", f"a user id is at most {check.MAX_USER_ID_CHARS} printable ASCII "
+                                               "characters")
+            if identity.user and not identity.admin and value != identity.user:
+                raise PermissionDenied("a user key reads its own limits only: scope \"user:<its own user>\"")
+            return LimitScope(identity.tenant, "user", value)
+        raise InvalidArgument("scope", 'one of "tenant", "key:<key id>" (a 26-character id from ListKeys) or '
+                                       '"user:<user id>"')
 
 
 def _turn_input(identity: Identity, request: gateway_pb2.ChatRequest) -> TurnInput:

@@ -15,19 +15,17 @@ from moteur.memory.servicer import MemoryServicer
 from moteur.memory.store import VectorStore
 from moteur.runtime.channels import open_channel
 from moteur.runtime.completion import Complete, complete_json
-from moteur.runtime.identity import Identity
+from moteur.runtime.identity import SCOPE_EMBED, SCOPE_MEMORY_READ, SCOPE_MEMORY_WRITE, mesh_identity
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.server import Registration, ServiceApp, run
 from moteur.runtime.settings import MemorySettings, MeshSettings, MongoSettings
 from moteur.v1 import memory_pb2, memory_pb2_grpc, router_pb2_grpc
 
-# Extraction calls belong to no end user; the router accounts them to this identity.
-MEMORY_IDENTITY = Identity(tenant="moteur-memory", user="", tier="internal")
-
 
 def router_completion(router: router_pb2_grpc.RouterStub, timeout: float) -> Complete:
     async def complete(system: str, user: str, schema: dict[str, object]) -> str:
-        return await complete_json(router, MEMORY_IDENTITY, system, user, schema, timeout=timeout,
+        # On behalf of the caller of Extract (the gateway's outbox): its token is forwarded unchanged.
+        return await complete_json(router, mesh_identity(), system, user, schema, timeout=timeout,
                                    max_output_tokens=200)
 
     return complete
@@ -70,7 +68,11 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
         await mongo.close()
 
 
-app = ServiceApp("memory", build)
+app = ServiceApp("memory", build, scopes={
+    "Embed": SCOPE_EMBED, "Search": SCOPE_MEMORY_READ, "List": SCOPE_MEMORY_READ, "FactHistory": SCOPE_MEMORY_READ,
+    "Upsert": SCOPE_MEMORY_WRITE, "Delete": SCOPE_MEMORY_WRITE, "UpsertDocument": SCOPE_MEMORY_WRITE,
+    "Extract": SCOPE_MEMORY_WRITE,
+})
 
 if __name__ == "__main__":
     run(app)

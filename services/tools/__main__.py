@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from functools import partial
 
 from moteur.runtime.channels import open_channel
+from moteur.runtime.identity import SCOPE_TOOLS
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.reload import reload, watch
 from moteur.runtime.server import Registration, ServiceApp, run
@@ -55,7 +56,7 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
         await mongo.close()
 
 
-app = ServiceApp("tools", build)
+app = ServiceApp("tools", build, scopes={"ListTools": SCOPE_TOOLS, "Invoke": SCOPE_TOOLS})
 
 if __name__ == "__main__":
     run(app)

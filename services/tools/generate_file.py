@@ -11,7 +11,7 @@ from google.protobuf import struct_pb2
 
 from moteur.runtime.channels import call_service
 from moteur.runtime.errors import MoteurError
-from moteur.runtime.identity import Identity
+from moteur.runtime.identity import mesh_identity
 from moteur.tools.registry import ToolError, ToolSpec, current_caller
 from moteur.v1 import common_pb2, files_pb2, files_pb2_grpc
 
@@ -60,7 +60,7 @@ class GenerateFile:
             request.data.CopyFrom(data)
         try:
             info = await call_service(self._files.Render, request, "files",
-                                      Identity(caller.tenant, caller.user, caller.tier), self._timeout)
+                                      mesh_identity(), self._timeout)
         except MoteurError as exc:
             raise ToolError(_code(exc), f"the file could not be made: {exc.message}") from None
         result = {"file_id": info.ref.file_id, "name": info.ref.name, "mime_type": info.ref.mime_type,

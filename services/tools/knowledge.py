@@ -15,7 +15,7 @@ from typing import Any
 
 from moteur.runtime.channels import call_service
 from moteur.runtime.errors import MoteurError
-from moteur.runtime.identity import Identity
+from moteur.runtime.identity import Identity, mesh_identity
 from moteur.tools.registry import ToolError, ToolSpec, current_caller
 from moteur.v1 import memory_pb2, memory_pb2_grpc
 
@@ -52,7 +52,7 @@ class KnowledgeSearch:
 
     async def __call__(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         caller = current_caller()
-        identity = Identity(caller.tenant, caller.user, caller.tier)
+        identity = mesh_identity()  # the caller's token, forwarded
         top_k = arguments.get("top_k", 5)
         kinds = [KINDS[k] for k in arguments.get("kinds", list(KINDS))]
         query = arguments["query"]

@@ -42,8 +42,13 @@ def _by_kind(manifests: list[dict[str, Any]], kind: str) -> dict[str, dict[str, 
     return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
 
 
+# Every pod's mesh identity and TLS volumes, tested in test_chart_mesh and test_chart_tls.
+SECURITY_VOLUMES = frozenset({"mesh-public", "mesh-signing", "tls"})
+
+
 def _volume_names(pod: dict[str, Any]) -> set[str]:
-    return {v["name"] for v in pod["volumes"]}
+    """The pod's own volumes, beside the security ones every pod has."""
+    return {v["name"] for v in pod["volumes"]} - SECURITY_VOLUMES
 
 
 @pytest.mark.parametrize("values", [{}, LOCAL, PRODUCTION], ids=["default", "local", "production"])
@@ -72,8 +77,9 @@ def test_each_service_has_a_deployment_a_service_and_its_settings(values: dict[s
         name = f"moteur-{service}"
         assert name in services and name in configs
         container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
-        assert container["readinessProbe"]["grpc"] == {"port": 50051}
-        assert container["livenessProbe"]["grpc"] == {"port": 50051}
+        probe_port = 50060 if values.get("tls", {}).get("enabled") else 50051  # TLS: the plaintext health port
+        assert container["readinessProbe"]["grpc"] == {"port": probe_port}
+        assert container["livenessProbe"]["grpc"] == {"port": probe_port}
         assert {"configMapRef": {"name": name}} in container["envFrom"]
         assert configs[name]["data"]["MOTEUR_ROUTER_ADDR"] == "moteur-router:50051"
     gateway_type = services["moteur-gateway"]["spec"]["type"]
@@ -110,7 +116,7 @@ def test_secrets_stay_out_of_config_maps() -> None:
 
 def test_production_takes_provider_keys_and_store_addresses_from_existing_secrets() -> None:
     manifests = _render(PRODUCTION)
-    assert _by_kind(manifests, "Secret") == {}
+    assert set(_by_kind(manifests, "Secret")) == {"moteur-mesh-signing", "moteur-mesh-public"}  # generated keys
     for deployment in _by_kind(manifests, "Deployment").values():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}

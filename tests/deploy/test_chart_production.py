@@ -51,7 +51,8 @@ def test_each_service_is_probed_on_its_health_service_with_resources_and_its_own
         pod = _pod(manifests, service)["spec"]
         (container,) = pod["containers"]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"] == {"port": 50051}, (service, probe)
+            # production runs mutual TLS: probes go to the plaintext port that serves only health
+            assert container[probe]["grpc"] == {"port": 50060}, (service, probe)
         assert container["resources"]["requests"] and container["resources"]["limits"]
         assert pod["serviceAccountName"] == f"moteur-{service}"
         assert accounts[f"moteur-{service}"]["automountServiceAccountToken"] is False

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from test_chart import PRODUCTION, _by_kind, _render, _volume_names
+from test_chart import PRODUCTION, SECURITY_VOLUMES, _by_kind, _render, _volume_names
 
 from moteur.tools.policy import ToolsPolicy, load_policy
 
@@ -23,9 +23,9 @@ def test_the_tools_service_mounts_a_policy_it_can_load(values: dict[str, Any]) -
     tools = _by_kind(manifests, "Deployment")["moteur-tools"]["spec"]["template"]["spec"]
     assert {"name": "tool-policy", "configMap": {"name": "moteur-tool-policy"}} in tools["volumes"]
     assert _volume_names(tools) == {"tmp", "tool-policy"}
-    assert tools["containers"][0]["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"},
-                                                     {"name": "tool-policy", "mountPath": "/etc/moteur",
-                                                      "readOnly": True}]
+    mounts = [m for m in tools["containers"][0]["volumeMounts"] if m["name"] not in SECURITY_VOLUMES]
+    assert mounts == [{"name": "tmp", "mountPath": "/tmp"},
+                      {"name": "tool-policy", "mountPath": "/etc/moteur", "readOnly": True}]
     assert _by_kind(manifests, "ConfigMap")["moteur-tools"]["data"]["MOTEUR_TOOLS_FILE"] == "/etc/moteur/tools.yaml"
 
 

@@ -157,3 +157,42 @@ async def test_a_restarted_router_is_used_again_at_once(stack, alice) -> None:
     # The gateway's channel is backing off from the failed connection; the next turn must not fail for it.
     reply = await alice.client.chat("right after it is back", model_hint="instant")
     assert reply.message.content
+
+
+@pytest.mark.parametrize("key", ["team\x00", "$ne\x00", "a\x1bb"])
+async def test_a_stray_character_in_a_metadata_key_is_invalid_before_any_model_call(make_caller, key: str) -> None:
+    caller = await make_caller("nul-probe", "ana")
+    calls = {
+        "Chat": caller.client.chat("hello", model_hint="instant", metadata={key: "x"}),
+        "ChatStream": _drain(caller.client.chat_stream("hello", model_hint="instant", metadata={key: "x"})),
+        "CreateSession": caller.client.create_session(title="t", metadata={key: "x"}),
+    }
+    for name, call in calls.items():
+        error = await _error(call)
+        assert error.code is grpc.StatusCode.INVALID_ARGUMENT, name
+        assert _bad_request_fields(error) == ["metadata.entries"], name
+        assert "metadata.entries" in error.message and "character" in error.message, name
+    assert not (await caller.client.list_sessions()).sessions  # nothing was started, so nothing was lost
+    assert (await caller.client.get_usage()).total.total_tokens == 0  # and no model was called
+
+
+async def _drain(events) -> None:  # type: ignore[no-untyped-def]
+    async for _ in events:
+        pass
+
+
+async def test_a_user_key_reads_only_its_own_limits_and_scopes_are_checked(make_caller, key_store) -> None:
+    ana = await make_caller("limits-probe", "ana")
+    admin = await make_caller("limits-probe", "", admin=True)
+    _, carols_key = await key_store.create("limits-probe", "carol")
+    assert (await ana.client.get_limits("user:ana")).scope == "user:ana"
+    assert (await ana.client.get_limits("tenant")).scope == "tenant"
+    for scope in ("user:carol", f"key:{carols_key.key_id}"):
+        error = await _error(ana.client.get_limits(scope))
+        assert error.code is grpc.StatusCode.PERMISSION_DENIED, scope
+        assert "its own limits" in error.message
+    assert (await admin.client.get_limits("user:carol")).scope == "user:carol"  # an admin reads any
+    for scope in ("user:\x00$ne", "key:$ne", "key:", "user:", "bogus", "key:../../x", "user:" + "x" * 200):
+        error = await _error(admin.client.get_limits(scope))
+        assert error.code is grpc.StatusCode.INVALID_ARGUMENT, scope
+        assert _bad_request_fields(error) == ["scope"], scope

@@ -10,8 +10,9 @@ import pytest
 
 from moteur.runtime.identity import Identity
 from moteur.v1 import memory_pb2, memory_pb2_grpc
+from tests.mesh import signed
 
-MESH = Identity("acme", "alice", "standard").as_metadata()
+MESH = Identity("acme", "alice", "standard")
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ async def memory(stack):  # type: ignore[no-untyped-def]
 
 
 async def _embed(memory, *texts: str) -> memory_pb2.EmbedResponse:  # type: ignore[no-untyped-def]
-    return await memory.Embed(memory_pb2.EmbedRequest(texts=list(texts)), metadata=MESH, timeout=10)
+    return await memory.Embed(memory_pb2.EmbedRequest(texts=list(texts)), metadata=signed(MESH), timeout=10)
 
 
 async def test_embeddings_are_normalised_and_put_similar_sentences_close(memory) -> None:
@@ -47,7 +48,7 @@ async def test_concurrent_callers_get_their_own_vectors_back(memory) -> None:
 ])
 async def test_bad_input_is_invalid_and_names_the_field(memory, texts: list[str], field: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await memory.Embed(memory_pb2.EmbedRequest(texts=texts), metadata=MESH, timeout=10)
+        await memory.Embed(memory_pb2.EmbedRequest(texts=texts), metadata=signed(MESH), timeout=10)
     assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert error.value.details().startswith(f"{field}:")
 

@@ -10,6 +10,7 @@ import pytest
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import new_id
 from moteur.v1 import memory_pb2, memory_pb2_grpc
+from tests.mesh import signed
 
 ADD, UPDATE, DELETE, NONE = (memory_pb2.FACT_ACTION_ADD, memory_pb2.FACT_ACTION_UPDATE, memory_pb2.FACT_ACTION_DELETE,
                              memory_pb2.FACT_ACTION_NONE)
@@ -26,14 +27,14 @@ async def _extract(  # type: ignore[no-untyped-def]
 ) -> memory_pb2.ExtractResponse:
     return await memory.Extract(
         memory_pb2.ExtractRequest(user_id=user, session_id=session or new_id(), user_message=text),
-        metadata=Identity(tenant, user, "").as_metadata(), timeout=60,
+        metadata=signed(Identity(tenant, user, "")), timeout=60,
     )
 
 
 async def _facts(memory, tenant: str, user: str, question: str, top_k: int = 5) -> list[str]:  # type: ignore[no-untyped-def]
     found = await memory.Search(
         memory_pb2.SearchRequest(text=question, user_id=user, kinds=[memory_pb2.MEMORY_KIND_FACT], top_k=top_k),
-        metadata=Identity(tenant, user, "").as_metadata(), timeout=30,
+        metadata=signed(Identity(tenant, user, "")), timeout=30,
     )
     return [h.record.text for h in found.hits]
 
@@ -66,7 +67,7 @@ async def test_a_turn_without_facts_changes_nothing_and_bad_input_is_refused(mem
     for request, field in [(memory_pb2.ExtractRequest(user_message="I live in Oslo."), "user_id"),
                            (memory_pb2.ExtractRequest(user_id="u", user_message=" "), "user_message")]:
         with pytest.raises(grpc.aio.AioRpcError) as error:
-            await memory.Extract(request, metadata=Identity(tenant, "u", "").as_metadata(), timeout=30)
+            await memory.Extract(request, metadata=signed(Identity(tenant, "u", "")), timeout=30)
         assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT and error.value.details().startswith(field)
 
 
@@ -128,7 +129,7 @@ async def test_facts_said_in_chat_are_extracted_and_recalled_in_a_later_session(
     recalled = later.route.entries["memories"].split(",")
     fact_ids = {h.record.id for h in (await memory.Search(
         memory_pb2.SearchRequest(text="favourite colour", user_id="zoe", kinds=[memory_pb2.MEMORY_KIND_FACT]),
-        metadata=Identity(tenant, "zoe", "").as_metadata(), timeout=30)).hits}
+        metadata=signed(Identity(tenant, "zoe", "")), timeout=30)).hits}
     assert fact_ids & set(recalled)
 
 

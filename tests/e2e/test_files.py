@@ -36,12 +36,15 @@ from moteur.runtime.ids import new_id
 from moteur.runtime.mongo import database
 from moteur.runtime.settings import MongoSettings
 from moteur.v1 import common_pb2, files_pb2, files_pb2_grpc
+from tests.mesh import signed
 
-ACME = Identity("acme", "alice", "standard").as_metadata()
-ACME_BOB = Identity("acme", "bob", "standard").as_metadata()
-GLOBEX = Identity("globex", "mallory", "standard").as_metadata()
-INITECH = Identity("initech", "peter", "standard").as_metadata()  # the tenant that overrides "report"
-INITECH_BILL = Identity("initech", "bill", "standard").as_metadata()
+ACME = Identity("acme", "alice", "standard")
+ACME_BOB = Identity("acme", "bob", "standard")
+GLOBEX = Identity("globex", "mallory", "standard")
+INITECH = Identity("initech", "peter", "standard")  # the tenant that overrides "report"
+INITECH_BILL = Identity("initech", "bill", "standard")
+ACME_ADMIN = Identity("acme", "alice", "standard", admin=True)  # templates are stored with admin keys only
+INITECH_ADMIN = Identity("initech", "peter", "standard", admin=True)
 F = common_pb2
 FRENCH = "L'été à Besançon : ça œuvre « bien », déjà naïf."
 REPORT = f"""# Rapport trimestriel
@@ -80,15 +83,16 @@ async def files(stack):  # type: ignore[no-untyped-def]
         yield files_pb2_grpc.FilesStub(channel)
 
 
-async def _render(files, metadata=ACME, **fields) -> files_pb2.FileInfo:  # type: ignore[no-untyped-def]
+async def _render(files, metadata=None, **fields) -> files_pb2.FileInfo:  # type: ignore[no-untyped-def]
     if isinstance(fields.get("data"), dict):
         fields["data"] = _struct(fields["data"])
-    return await files.Render(files_pb2.RenderRequest(**fields), metadata=metadata, timeout=60)
+    return await files.Render(files_pb2.RenderRequest(**fields), metadata=metadata or signed(ACME), timeout=60)
 
 
-async def _fetch(files, file_id: str, metadata=ACME) -> tuple[files_pb2.FileInfo, bytes]:  # type: ignore[no-untyped-def]
+async def _fetch(files, file_id: str, metadata=None) -> tuple[files_pb2.FileInfo, bytes]:  # type: ignore[no-untyped-def]
     info, content = None, bytearray()
-    async for chunk in files.GetFile(files_pb2.GetFileRequest(file_id=file_id), metadata=metadata, timeout=60):
+    request = files_pb2.GetFileRequest(file_id=file_id)
+    async for chunk in files.GetFile(request, metadata=metadata or signed(ACME), timeout=60):
         if chunk.HasField("info"):
             info = chunk.info
         content += chunk.data
@@ -230,13 +234,14 @@ async def test_table_formats_take_the_markdown_tables_of_a_text(files) -> None:
 
 # -- templates ---------------------------------------------------------------------------------------------
 async def test_the_built_in_templates_are_listed_with_their_formats(files) -> None:
-    answer = await files.ListTemplates(files_pb2.ListTemplatesRequest(), metadata=GLOBEX)
+    answer = await files.ListTemplates(files_pb2.ListTemplatesRequest(), metadata=signed(GLOBEX))
     listed = {t.name: t for t in answer.templates}
     assert {"report", "table", "letter", "meeting_notes", "transcript"} <= set(listed)
     assert all(t.built_in for t in listed.values())
     assert F.FILE_FORMAT_CSV in listed["table"].formats and F.FILE_FORMAT_CSV not in listed["letter"].formats
     assert json.loads(listed["transcript"].data_schema_json)["required"] == ["messages"]
-    csv_only = await files.ListTemplates(files_pb2.ListTemplatesRequest(format=F.FILE_FORMAT_CSV), metadata=GLOBEX)
+    csv_only = await files.ListTemplates(files_pb2.ListTemplatesRequest(format=F.FILE_FORMAT_CSV),
+                                         metadata=signed(GLOBEX))
     assert [t.name for t in csv_only.templates] == ["table"]
 
 
@@ -288,24 +293,24 @@ async def test_a_tenant_template_overrides_a_built_in_for_that_tenant_only(files
     source = "# {{ title | default('Rapport ACME', true) }}\n\n{{ markdown }}\n\n*Confidentiel — ACME*\n"
     stored = await files.PutTemplate(files_pb2.PutTemplateRequest(
         name="report", formats=[F.FILE_FORMAT_PDF, F.FILE_FORMAT_MARKDOWN], source=source,
-        description="Initech's report"), metadata=INITECH)
+        description="Initech's report"), metadata=signed(INITECH_ADMIN))
     assert not stored.built_in and set(stored.formats) == {F.FILE_FORMAT_PDF, F.FILE_FORMAT_MARKDOWN}
-    mine = await _render(files, format=F.FILE_FORMAT_MARKDOWN, markdown="Texte", metadata=INITECH_BILL)
-    assert "*Confidentiel — ACME*" in (await _fetch(files, mine.ref.file_id, INITECH_BILL))[1].decode()
-    theirs = await _render(files, format=F.FILE_FORMAT_MARKDOWN, markdown="Texte", metadata=GLOBEX)
-    assert "Confidentiel" not in (await _fetch(files, theirs.ref.file_id, GLOBEX))[1].decode()
-    answer = await files.ListTemplates(files_pb2.ListTemplatesRequest(), metadata=INITECH)
+    mine = await _render(files, format=F.FILE_FORMAT_MARKDOWN, markdown="Texte", metadata=signed(INITECH_BILL))
+    assert "*Confidentiel — ACME*" in (await _fetch(files, mine.ref.file_id, signed(INITECH_BILL)))[1].decode()
+    theirs = await _render(files, format=F.FILE_FORMAT_MARKDOWN, markdown="Texte", metadata=signed(GLOBEX))
+    assert "Confidentiel" not in (await _fetch(files, theirs.ref.file_id, signed(GLOBEX)))[1].decode()
+    answer = await files.ListTemplates(files_pb2.ListTemplatesRequest(), metadata=signed(INITECH))
     listed = {t.name: t for t in answer.templates}
     assert not listed["report"].built_in and listed["letter"].built_in
     # Its formats are its own: Initech's report no longer renders DOCX.
-    error = await _error(_render(files, format=F.FILE_FORMAT_DOCX, markdown="x", metadata=INITECH))
+    error = await _error(_render(files, format=F.FILE_FORMAT_DOCX, markdown="x", metadata=signed(INITECH)))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT and "renders markdown, pdf" in error.details()
 
 
 async def test_an_html_template_escapes_the_data_it_shows(files) -> None:
     source = "<h1>{{ title }}</h1>\n<p class=\"who\">{{ data.who }}</p>\n{{ markdown | markdown }}"
     await files.PutTemplate(files_pb2.PutTemplateRequest(name="card", formats=[F.FILE_FORMAT_HTML], source=source),
-                            metadata=ACME)
+                            metadata=signed(ACME_ADMIN))
     info = await _render(files, format=F.FILE_FORMAT_HTML, template="card", title="Fiche",
                          markdown="**gras**", data={"who": "<img src=x onerror=alert(1)>"})
     html = (await _fetch(files, info.ref.file_id))[1].decode()
@@ -322,9 +327,9 @@ async def test_an_html_template_escapes_the_data_it_shows(files) -> None:
 ])
 async def test_templates_with_errors_or_escapes_are_refused_naming_the_line(files, source: str, words: str) -> None:
     request = files_pb2.PutTemplateRequest(name="evil", formats=[F.FILE_FORMAT_MARKDOWN], source=source)
-    error = await _error(files.PutTemplate(request, metadata=ACME))
+    error = await _error(files.PutTemplate(request, metadata=signed(ACME_ADMIN)))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT and words in error.details(), error.details()
-    listed = await files.ListTemplates(files_pb2.ListTemplatesRequest(), metadata=ACME)
+    listed = await files.ListTemplates(files_pb2.ListTemplatesRequest(), metadata=signed(ACME))
     assert "evil" not in {t.name for t in listed.templates}
 
 
@@ -334,20 +339,20 @@ async def test_template_uploads_need_a_name_and_document_formats(files) -> None:
         (files_pb2.PutTemplateRequest(name="rows", formats=[F.FILE_FORMAT_CSV], source="x"), "made from rows"),
         (files_pb2.PutTemplateRequest(name="none", source="x"), "formats"),
     ]:
-        error = await _error(files.PutTemplate(request, metadata=ACME))
+        error = await _error(files.PutTemplate(request, metadata=signed(ACME_ADMIN)))
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT and words in error.details()
 
 
 # -- stored files: tenancy, listing, deletion ---------------------------------------------------------------
 async def test_another_tenants_or_users_file_is_not_found(files) -> None:
-    info = await _render(files, format=F.FILE_FORMAT_MARKDOWN, markdown="secret", metadata=ACME)
-    for metadata in (GLOBEX, ACME_BOB):
+    info = await _render(files, format=F.FILE_FORMAT_MARKDOWN, markdown="secret", metadata=signed(ACME))
+    for metadata in (signed(GLOBEX), signed(ACME_BOB)):
         error = await _stream_error(files.GetFile(files_pb2.GetFileRequest(file_id=info.ref.file_id),
                                                   metadata=metadata))
         assert error.code() is grpc.StatusCode.NOT_FOUND
         error = await _error(files.DeleteFile(files_pb2.DeleteFileRequest(file_id=info.ref.file_id), metadata=metadata))
         assert error.code() is grpc.StatusCode.NOT_FOUND
-    service_key = Identity("acme", "", "service").as_metadata()  # a service key sees its tenant's files
+    service_key = signed(Identity("acme", "", "service"))  # a service key sees its tenant's files
     assert (await _fetch(files, info.ref.file_id, service_key))[1] == b"secret\n"
 
 
@@ -359,13 +364,13 @@ async def test_files_are_listed_newest_first_by_session_in_pages(files) -> None:
     token = ""
     while True:
         page = await files.ListFiles(files_pb2.ListFilesRequest(session_id=session, page_size=2, page_token=token),
-                                     metadata=ACME)
+                                     metadata=signed(ACME))
         seen += [f.ref.name for f in page.files]
         if not (token := page.next_page_token):
             break
     assert seen == [f"f{i}.md" for i in reversed(range(5))]
     assert {f.session_id for f in made} == {session}
-    other = await files.ListFiles(files_pb2.ListFilesRequest(session_id=session), metadata=GLOBEX)
+    other = await files.ListFiles(files_pb2.ListFilesRequest(session_id=session), metadata=signed(GLOBEX))
     assert list(other.files) == []
 
 
@@ -373,16 +378,18 @@ async def test_a_deleted_file_is_gone_with_its_bytes(files, stack) -> None:
     info = await _render(files, format=F.FILE_FORMAT_CSV, data={"rows": [{"a": 1}]})
     stored = list((stack.data_dir / "files").rglob(f"{info.ref.file_id}.csv"))
     assert len(stored) == 1
-    await files.DeleteFile(files_pb2.DeleteFileRequest(file_id=info.ref.file_id), metadata=ACME)
+    await files.DeleteFile(files_pb2.DeleteFileRequest(file_id=info.ref.file_id), metadata=signed(ACME))
     assert not stored[0].exists()
-    error = await _stream_error(files.GetFile(files_pb2.GetFileRequest(file_id=info.ref.file_id), metadata=ACME))
+    error = await _stream_error(files.GetFile(files_pb2.GetFileRequest(file_id=info.ref.file_id),
+                                              metadata=signed(ACME)))
     assert error.code() is grpc.StatusCode.NOT_FOUND
-    error = await _error(files.DeleteFile(files_pb2.DeleteFileRequest(file_id=info.ref.file_id), metadata=ACME))
+    error = await _error(files.DeleteFile(files_pb2.DeleteFileRequest(file_id=info.ref.file_id), metadata=signed(ACME)))
     assert error.code() is grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_malformed_file_id_is_invalid(files) -> None:
-    error = await _stream_error(files.GetFile(files_pb2.GetFileRequest(file_id="../../etc/passwd"), metadata=ACME))
+    error = await _stream_error(files.GetFile(files_pb2.GetFileRequest(file_id="../../etc/passwd"),
+                                              metadata=signed(ACME)))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT and "file_id" in error.details()
 
 
@@ -416,7 +423,7 @@ async def test_streaming_a_large_file_keeps_the_service_memory_flat(files, stack
     sampler = threading.Thread(target=sample)
     sampler.start()
     digest, received, chunks = hashlib.sha256(), 0, 0
-    async for chunk in files.GetFile(files_pb2.GetFileRequest(file_id=record.id), metadata=ACME, timeout=60):
+    async for chunk in files.GetFile(files_pb2.GetFileRequest(file_id=record.id), metadata=signed(ACME), timeout=60):
         digest.update(chunk.data)
         received += len(chunk.data)
         chunks += 1
@@ -499,7 +506,7 @@ async def test_expired_files_are_not_served_and_the_sweeper_deletes_them(stack) 
                 await asyncio.sleep(0.2)
             assert not stored.exists()
             error = await _stream_error(short.GetFile(files_pb2.GetFileRequest(file_id=info.ref.file_id),
-                                                      metadata=ACME))
+                                                      metadata=signed(ACME)))
             assert error.code() is grpc.StatusCode.NOT_FOUND
     finally:
         process.stop()
@@ -541,10 +548,10 @@ async def test_the_s3_backend_stores_streams_and_deletes_files(stack, s3_server)
             _, content = await _fetch(s3_files, info.ref.file_id)
             assert hashlib.sha256(content).hexdigest() == info.ref.sha256 and info.ref.size_bytes > 256 * 1024
             assert content.decode("utf-8-sig").splitlines()[-1] == "19999,œuvre « é »"
-            await s3_files.DeleteFile(files_pb2.DeleteFileRequest(file_id=info.ref.file_id), metadata=ACME)
+            await s3_files.DeleteFile(files_pb2.DeleteFileRequest(file_id=info.ref.file_id), metadata=signed(ACME))
             assert client.list_objects_v2(Bucket="moteur-files").get("KeyCount") == 0
             error = await _stream_error(s3_files.GetFile(files_pb2.GetFileRequest(file_id=info.ref.file_id),
-                                                         metadata=ACME))
+                                                         metadata=signed(ACME)))
             assert error.code() is grpc.StatusCode.NOT_FOUND
     finally:
         process.stop()

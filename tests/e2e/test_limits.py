@@ -267,9 +267,13 @@ async def test_limit_changes_are_checked_and_need_an_admin_key(make_caller, mall
     changed = await admin.client.set_limits("user:u1", requests_per_minute=7)
     assert (changed.scope, changed.requests_per_minute) == ("user:u1", 7)
     assert (await user.client.get_limits("user:u1")).requests_per_minute == 7
-    # Another tenant's admin cannot see or touch them: scopes are always the caller's own tenant.
-    assert (await mallory.client.get_limits("user:u1")).requests_per_minute != 7
+    # Another tenant's user key may not even name them (a user key reads its own limits only), and another
+    # tenant's admin cannot see or touch them: scopes are always the caller's own tenant.
+    with pytest.raises(MoteurClientError) as refused:
+        await mallory.client.get_limits("user:u1")
+    assert refused.value.code is grpc.StatusCode.PERMISSION_DENIED
     other_admin = await make_caller(f"t-{new_id().lower()}", "", admin=True)
+    assert (await other_admin.client.get_limits("user:u1")).requests_per_minute != 7
     assert (await other_admin.client.set_limits("user:u1", requests_per_minute=1)).requests_per_minute == 1
     assert (await user.client.get_limits("user:u1")).requests_per_minute == 7
 

@@ -9,12 +9,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import new_id
 from moteur.v1 import memory_pb2, memory_pb2_grpc
+from tests.mesh import signed
 
 FACT, MESSAGE = memory_pb2.MEMORY_KIND_FACT, memory_pb2.MEMORY_KIND_MESSAGE
 
 
 def _mesh(tenant: str) -> list[tuple[str, str]]:
-    return Identity(tenant, "", "standard").as_metadata()
+    return signed(Identity(tenant, "", "standard"))
 
 
 @pytest.fixture
@@ -136,7 +137,7 @@ async def test_what_was_on_its_way_when_a_user_was_forgotten_does_not_bring_them
     assert await _upsert(memory, tenant, late) == []
     extracted = await memory.Extract(memory_pb2.ExtractRequest(
         user_id="u", session_id=session, user_message="I live in Brest.", source_ids=[before_id],
-    ), metadata=Identity(tenant, "u", "").as_metadata(), timeout=60)
+    ), metadata=signed(Identity(tenant, "u", "")), timeout=60)
     assert not extracted.changes and extracted.extractor == ""
     listed = await memory.List(memory_pb2.ListMemoriesRequest(user_id="u"), metadata=_mesh(tenant), timeout=30)
     assert not listed.records
@@ -149,7 +150,7 @@ async def test_what_was_on_its_way_when_a_user_was_forgotten_does_not_bring_them
         source_ids=[after_id], created_at=now)) == [after_id]
     extracted = await memory.Extract(memory_pb2.ExtractRequest(
         user_id="u", session_id=session, user_message="I live in Rennes.", source_ids=[after_id],
-    ), metadata=Identity(tenant, "u", "").as_metadata(), timeout=60)
+    ), metadata=signed(Identity(tenant, "u", "")), timeout=60)
     assert extracted.extractor
     # Another user of the tenant, never forgotten, is not affected by the first one's forgetting.
     assert await _upsert(memory, tenant, memory_pb2.MemoryRecord(

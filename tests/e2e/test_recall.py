@@ -17,6 +17,7 @@ from moteur.runtime.memory_limits import MAX_TEXT_CHARS
 from moteur.runtime.mongo import database
 from moteur.runtime.settings import MongoSettings
 from moteur.v1 import memory_pb2, memory_pb2_grpc
+from tests.mesh import signed
 
 INSTANT = {"model_hint": "instant"}
 
@@ -33,7 +34,7 @@ async def _stored(  # type: ignore[no-untyped-def]
                 found = await memory.Search(
                     memory_pb2.SearchRequest(text=text, user_id=user, kinds=[memory_pb2.MEMORY_KIND_MESSAGE],
                                              min_score=0.5),
-                    metadata=Identity(tenant, user, "").as_metadata(), timeout=5,
+                    metadata=signed(Identity(tenant, user, "")), timeout=5,
                 )
                 if found.hits or time.monotonic() > deadline:
                     return list(found.hits)

@@ -12,10 +12,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from moteur.devstack.stack import SERVICES
 from moteur.runtime.identity import Identity
 from moteur.v1 import router_pb2, router_pb2_grpc
+from tests.mesh import signed
 
 PROTO_SERVICE = {"gateway": "moteur.v1.Gateway", "router": "moteur.v1.Router", "memory": "moteur.v1.Memory",
                  "files": "moteur.v1.Files", "tools": "moteur.v1.Tools"}
-MESH_IDENTITY = Identity(tenant="acme", user="alice", tier="standard").as_metadata()
+MESH_IDENTITY = Identity(tenant="acme", user="alice", tier="standard")
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -43,7 +44,7 @@ def test_each_service_exposes_prometheus_metrics(stack, service: str) -> None:
 async def test_the_router_lists_its_models(stack) -> None:
     async with grpc.aio.insecure_channel(stack.address("router")) as channel:
         models = await router_pb2_grpc.RouterStub(channel).ListModels(
-            router_pb2.ListModelsRequest(), metadata=MESH_IDENTITY, timeout=5
+            router_pb2.ListModelsRequest(), metadata=signed(MESH_IDENTITY), timeout=5
         )
     assert models.default_model == "smollm2"
     assert {"smollm2", "instant"} <= {m.name for m in models.models}

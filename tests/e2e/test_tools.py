@@ -24,8 +24,9 @@ from moteur.devstack.processes import free_port
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import new_id
 from moteur.v1 import common_pb2, tools_pb2, tools_pb2_grpc
+from tests.mesh import signed
 
-MESH = Identity("acme", "alice", "standard").as_metadata()
+MESH = Identity("acme", "alice", "standard")
 
 
 @pytest.fixture
@@ -37,11 +38,11 @@ async def tools(stack):  # type: ignore[no-untyped-def]
 async def _invoke(tools, name: str, arguments: object) -> common_pb2.ToolResult:  # type: ignore[no-untyped-def]
     text = arguments if isinstance(arguments, str) else json.dumps(arguments)
     call = common_pb2.ToolCall(id="call-1", name=name, arguments_json=text)
-    return await tools.Invoke(tools_pb2.InvokeRequest(call=call), metadata=MESH, timeout=10)
+    return await tools.Invoke(tools_pb2.InvokeRequest(call=call), metadata=signed(MESH), timeout=10)
 
 
 async def test_the_registry_lists_the_builtins_with_their_schemas(tools) -> None:
-    listed = {t.name: t for t in (await tools.ListTools(tools_pb2.ListToolsRequest(), metadata=MESH)).tools}
+    listed = {t.name: t for t in (await tools.ListTools(tools_pb2.ListToolsRequest(), metadata=signed(MESH))).tools}
     assert {"calculator", "datetime_now", "convert_units"} <= set(listed)
     schema = json.loads(listed["calculator"].input_schema_json)
     assert schema["required"] == ["expression"] and listed["calculator"].source == "builtin"
@@ -82,7 +83,7 @@ async def test_an_unknown_tool_or_a_malformed_call_is_a_protocol_error(tools) ->
         await _invoke(tools, "rm_rf", {})
     assert unknown.value.code() is grpc.StatusCode.NOT_FOUND and "calculator" in unknown.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as nameless:
-        await tools.Invoke(tools_pb2.InvokeRequest(call=common_pb2.ToolCall(name="calculator")), metadata=MESH)
+        await tools.Invoke(tools_pb2.InvokeRequest(call=common_pb2.ToolCall(name="calculator")), metadata=signed(MESH))
     assert nameless.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "call.id" in nameless.value.details()
 
 
@@ -102,7 +103,7 @@ DEFAULT_TOOLS = {"calculator", "convert_units", "datetime_now", "knowledge_searc
 
 
 async def _names(tools, identity: Identity) -> set[str]:  # type: ignore[no-untyped-def]
-    listed = await tools.ListTools(tools_pb2.ListToolsRequest(), metadata=identity.as_metadata(), timeout=5)
+    listed = await tools.ListTools(tools_pb2.ListToolsRequest(), metadata=signed(identity), timeout=5)
     return {t.name for t in listed.tools}
 
 
@@ -110,7 +111,7 @@ async def _call(tools, identity: Identity, name: str, arguments: object,  # type
                 user_id: str = "") -> common_pb2.ToolResult:
     call = common_pb2.ToolCall(id="call-1", name=name, arguments_json=json.dumps(arguments))
     return await tools.Invoke(tools_pb2.InvokeRequest(call=call, user_id=user_id),
-                              metadata=identity.as_metadata(), timeout=15)
+                              metadata=signed(identity), timeout=15)
 
 
 async def _eventually(check, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
@@ -151,7 +152,7 @@ async def test_each_tenant_lists_its_allowed_builtins_and_its_own_mcp_tools(tool
     acme = await _names(tools, ACME)
     assert {"http_get", "knowledge_search", "notes__read_note", "notes__list_titles", "notes__save_note"} <= acme
     assert await _names(tools, GLOBEX) == DEFAULT_TOOLS  # no http_get, no one else's MCP tools
-    listed = {t.name: t for t in (await tools.ListTools(tools_pb2.ListToolsRequest(), metadata=MESH)).tools}
+    listed = {t.name: t for t in (await tools.ListTools(tools_pb2.ListToolsRequest(), metadata=signed(MESH))).tools}
     assert listed["notes__read_note"].source == "mcp:notes"
     assert json.loads(listed["notes__read_note"].input_schema_json)["required"] == ["title"]
 
@@ -168,7 +169,7 @@ async def test_another_tenants_tool_is_not_found_like_an_unknown_one(tools, mcp_
 
 
 async def test_an_mcp_tool_answers_with_content_valid_against_its_schema(tools, mcp_ready) -> None:
-    listed = {t.name: t for t in (await tools.ListTools(tools_pb2.ListToolsRequest(), metadata=MESH)).tools}
+    listed = {t.name: t for t in (await tools.ListTools(tools_pb2.ListToolsRequest(), metadata=signed(MESH))).tools}
     result = await _call(tools, ACME, "notes__read_note", {"title": "launch"})
     assert result.ok, result.error_message
     content = json.loads(result.content_json)

@@ -19,7 +19,9 @@ import pytest
 from reliability_kit import CLEAR_FAILURES, Keys, eventually
 
 from moteur.client import AsyncMoteurClient, MoteurClientError
+from moteur.devstack.processes import ManagedProcess
 from moteur.devstack.stack import LocalStack, StackOptions
+from moteur.devstack.supervisor import Backoff
 from moteur.gateway.auth import hash_key
 from moteur.runtime.identity import Identity
 from moteur.v1 import memory_pb2, memory_pb2_grpc
@@ -29,7 +31,7 @@ pytestmark = pytest.mark.timeout(420)
 TURN_DEADLINE = 8.0  # seconds a load turn may take; a call that ends later than this (plus slack) hung
 PACE = 0.6  # seconds between a load client's turns: under the standard tier's 120 requests a minute per user
 LOAD_BEFORE_KILL = 2.0
-DOWN_FOR = 0.5
+DOWN_FOR = 3.0  # the supervisor's back-off before it restarts a killed part
 RECOVERY_BOUND = 30.0
 COMPONENTS = ("gateway", "router", "memory", "files", "tools", "mongo", "redis", "model")
 
@@ -63,9 +65,22 @@ class Recovery:
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> LocalStack:
     options = StackOptions(data_dir=tmp_path_factory.mktemp("faults"), model_server=True, second_model=False,
-                           fact_extractor="rules")
+                           fact_extractor="rules", supervise=True)
     with LocalStack(options) as running:
+        # A killed part stays down this long, then the supervisor starts it again, as `make run` does (and
+        # a kubelet): long enough for the Redis phase to see the outage.
+        assert running.supervisor is not None
+        running.supervisor.backoff = Backoff(initial=DOWN_FOR)
         yield running
+
+
+def _back_by_itself(process: ManagedProcess, within: float = 90.0) -> None:
+    """Wait for the supervisor to start a killed part again (nobody else does), then for it to be ready."""
+    deadline = time.monotonic() + within
+    while not process.running():
+        assert time.monotonic() < deadline, f"{process.name} was not restarted within {within} s"
+        time.sleep(0.05)
+    process.start()  # already running: only waits until it is ready
 
 
 async def _turn(client: AsyncMoteurClient, text: str, **options: object) -> tuple[grpc.StatusCode, str, object]:
@@ -220,7 +235,7 @@ async def _in_memory(stack: LocalStack, ledger: Ledger) -> list[str]:
             for i in range(0, len(ordered), 200):
                 reply = await memory.List(memory_pb2.ListMemoriesRequest(user_id=user, ids=ordered[i:i + 200],
                                                                          page_size=200),
-                                          metadata=Identity(tenant, user, "standard").as_metadata(), timeout=10)
+                                          metadata=stack.mesh_metadata(Identity(tenant, user, "standard")), timeout=10)
                 found |= {r.id for r in reply.records}
             missing += sorted(ids - found)
     return missing
@@ -256,8 +271,7 @@ async def test_the_mesh_survives_a_kill_of_every_part_under_load(fault_stack: Lo
                 await _redis_phase(stack, limits, notes)
             else:
                 stack.processes[component].kill()
-            await asyncio.sleep(DOWN_FOR)
-            await asyncio.to_thread(stack.processes[component].start)
+            await asyncio.to_thread(_back_by_itself, stack.processes[component])
             ready = time.monotonic()
             recover = await _first_answer(probe, "smollm2" if component == "model" else "instant")
             recoveries.append(Recovery(component, ready - killed, recover))

@@ -1,8 +1,10 @@
 """Fuzzing every RPC: hypothesis builds request messages from the protobuf descriptors (random values of
 every field, huge strings, invalid UTF-8 in bytes, deep and broken JSON in JSON fields, enum numbers and
 integers out of range, random ids) and sends them to the gateway (with an API key) and to the internal
-services (with a forwarded identity). A call may succeed or be refused with a status that names the
-caller's mistake; INTERNAL, UNKNOWN or a dead service fail the test.
+services (with a signed mesh token of an admin). A call may succeed or be refused with a status that names
+the caller's mistake; INTERNAL, UNKNOWN or a dead service fail the test. A second pass sends bytes that are
+no valid request — random bytes, and valid requests with bytes flipped, cut or repeated — which must be
+refused as INVALID_ARGUMENT (or pass, when the mutation still decodes) and never crash the service.
 
 10,000 cases in all, spread over the RPCs; derandomized so a failure replays the same case. Chat turns go
 to the instant model so the run stays within a few minutes.
@@ -41,6 +43,7 @@ from moteur.v1 import (
     tools_pb2,
     tools_pb2_grpc,
 )
+from tests.mesh import signed
 
 TOTAL_CASES = 10_000
 CALL_DEADLINE = 15.0
@@ -50,7 +53,7 @@ ALLOWED = frozenset({
     grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.ABORTED,
 })
 TENANT = "fuzz"
-MESH = Identity(TENANT, "fuzzer", "standard").as_metadata()
+MESH = Identity(TENANT, "fuzzer", "standard", admin=True)  # admin: PutTemplate is fuzzed too
 # Tool names worth aiming at (http_get is left out: a random URL would leave the machine).
 TOOL_NAMES = ["calculator", "datetime_now", "convert_units", "knowledge_search", "generate_file"]
 
@@ -254,6 +257,46 @@ def _healthy(address: str) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def _metadata(rpc: Rpc, fuzz_key: str) -> list[tuple[str, str]]:
+    """An API key for the gateway, a fresh mesh token (tokens expire) for an internal service."""
+    return auth_metadata(fuzz_key) if rpc.service == "gateway" else signed(MESH)
+
+
+def _mutations(valid: Message) -> st.SearchStrategy[bytes]:
+    """Bytes near a valid request: flipped, cut, repeated, or spliced with random bytes."""
+    raw = valid.SerializeToString()
+
+    def flip(data: bytes, at: int, mask: int) -> bytes:
+        if not data:
+            return bytes([mask])
+        at %= len(data)
+        return data[:at] + bytes([data[at] ^ mask]) + data[at + 1:]
+
+    return st.one_of(
+        st.tuples(st.integers(0, 1 << 16), st.integers(1, 255)).map(lambda c: flip(raw, *c)),
+        st.integers(0, max(len(raw) - 1, 0)).map(lambda n: raw[:n]),
+        st.binary(min_size=1, max_size=16).map(lambda junk: raw + junk),
+        st.sampled_from([b"\x0a\x02\xc3\x28", b"\x12\x03\xff\xfe\xfd", b"\x0a\xff\xff\xff\xff\x0f",
+                         b"\x08", b"\xff" * 8]),
+    )
+
+
+def _call_raw(channel: grpc.Channel, rpc: Rpc, payload: bytes, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+    """Send ``payload`` as the request's bytes, whatever they hold."""
+    service = next(iter(_PROTOS[rpc.service].DESCRIPTOR.services_by_name.values()))
+    path = f"/{service.full_name}/{rpc.name}"
+    streaming = service.methods_by_name[rpc.name].server_streaming
+    call = (channel.unary_stream if streaming else channel.unary_unary)(path)  # bytes in, bytes out
+    try:
+        reply = call(payload, metadata=metadata, timeout=CALL_DEADLINE)
+        if streaming:
+            for _ in reply:
+                pass
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
 @pytest.fixture(scope="module")
 async def fuzz_key(key_store) -> str:  # type: ignore[no-untyped-def]
     """A service key (no per-user limits, 6,000 requests a minute) so that fuzzing is not rate limited."""
@@ -265,7 +308,6 @@ async def fuzz_key(key_store) -> str:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("rpc", CASES, ids=str)
 def test_random_requests_get_only_the_right_statuses(stack: LocalStack, fuzz_key: str, rpc: Rpc) -> None:
     descriptor, cls = _request_class(rpc)
-    metadata = auth_metadata(fuzz_key) if rpc.service == "gateway" else MESH
     seen: dict[grpc.StatusCode, int] = {}
     started = time.monotonic()
     with grpc.insecure_channel(stack.address(rpc.service), options=[
@@ -275,7 +317,7 @@ def test_random_requests_get_only_the_right_statuses(stack: LocalStack, fuzz_key
                   suppress_health_check=list(HealthCheck))
         @given(request=messages(descriptor, cls, dict(rpc.overrides)))
         def one_case(request: Message) -> None:
-            code = _call(channel, rpc, request, metadata)
+            code = _call(channel, rpc, request, _metadata(rpc, fuzz_key))
             seen[code] = seen.get(code, 0) + 1
             assert code in ALLOWED, f"{rpc} answered {code.name} to {str(request)[:2000]}"
 
@@ -284,3 +326,29 @@ def test_random_requests_get_only_the_right_statuses(stack: LocalStack, fuzz_key
     assert not down, f"after fuzzing {rpc}: {down} not serving"
     print(f"\n{rpc}: {sum(seen.values())} cases in {time.monotonic() - started:.1f} s: "
           + ", ".join(f"{c.name} {n}" for c, n in sorted(seen.items(), key=lambda i: -i[1])))
+
+
+RAW_CASES_PER_RPC = 60
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("rpc", RPCS, ids=str)
+def test_bytes_that_are_no_valid_request_are_invalid_argument(stack: LocalStack, fuzz_key: str, rpc: Rpc) -> None:
+    descriptor, cls = _request_class(rpc)
+    seen: dict[grpc.StatusCode, int] = {}
+    with grpc.insecure_channel(stack.address(rpc.service)) as channel:
+
+        @settings(max_examples=RAW_CASES_PER_RPC, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(payload=st.one_of(st.binary(min_size=1, max_size=256),
+                                 messages(descriptor, cls, dict(rpc.overrides)).flatmap(_mutations)))
+        def one_case(payload: bytes) -> None:
+            code = _call_raw(channel, rpc, payload, _metadata(rpc, fuzz_key))
+            seen[code] = seen.get(code, 0) + 1
+            assert code in ALLOWED, f"{rpc} answered {code.name} to the bytes {payload[:200]!r}"
+
+        one_case()
+    assert seen.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 0, f"{rpc}: no malformed request was refused: {seen}"
+    down = [s for s in SERVICES if not stack.processes[s].running() or not _healthy(stack.address(s))]
+    assert not down, f"after sending {rpc} malformed bytes: {down} not serving"
+    print(f"\n{rpc} (bytes): " + ", ".join(f"{c.name} {n}" for c, n in sorted(seen.items(), key=lambda i: -i[1])))

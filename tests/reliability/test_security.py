@@ -23,6 +23,7 @@ from moteur.devstack.stack import LocalStack
 from moteur.gateway.auth import hash_key
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc, tools_pb2, tools_pb2_grpc
+from tests.mesh import signed
 
 PROVIDER_SECRET = "sk-provider-" + "7f3a9c" * 6  # what a provider key in a Secret looks like to the router
 
@@ -79,7 +80,7 @@ async def test_http_get_through_the_tools_service_refuses_internal_addresses(sta
     call = common_pb2.ToolCall(id="c1", name="http_get", arguments_json=json.dumps({"url": url}))
     async with grpc.aio.insecure_channel(stack.address("tools")) as channel:
         result = await tools_pb2_grpc.ToolsStub(channel).Invoke(
-            tools_pb2.InvokeRequest(call=call), metadata=Identity("acme", "alice", "standard").as_metadata(),
+            tools_pb2.InvokeRequest(call=call), metadata=signed(Identity("acme", "alice", "standard")),
             timeout=10)
     assert not result.ok and result.error_code in {"host_not_allowed", "address_not_allowed"}, result
 
@@ -105,16 +106,36 @@ async def test_no_secret_is_ever_written_to_a_log(stack: LocalStack, secret_rout
             router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content="hello")])
         try:
             await router_pb2_grpc.RouterStub(channel).Complete(
-                request, metadata=Identity("acme", "alice", "standard").as_metadata(), timeout=15)
+                request, metadata=signed(Identity("acme", "alice", "standard")), timeout=15)
         except grpc.aio.AioRpcError:
             pass  # answered or not, the key went over the wire; what matters is what was logged
     for client in (alice, mallory):
-        await client.client.chat("hello", model_hint="instant")
+        await client.client.chat(f"{USER_TEXT} {client.user}", model_hint="instant")
         await client.client.list_sessions()
     with pytest.raises(MoteurClientError):
         await alice.client.get_session("01ZZZZZZZZZZZZZZZZZZZZZZZZ")  # an error path logs too
-    leaks = _logs_containing(Path(stack.data_dir, "logs"), [alice.key, mallory.key, PROVIDER_SECRET])
-    assert not leaks, f"secrets written to {leaks}"
+    with pytest.raises(MoteurClientError):  # refused in the runtime: a NUL in a metadata key
+        await alice.client.chat(USER_TEXT, model_hint="instant", metadata={"k\x00": USER_TEXT})
+    # A mesh token is a JWT: its header always starts with "eyJ" (base64 of '{"').
+    leaks = _logs_containing(Path(stack.data_dir, "logs"), [alice.key, mallory.key, PROVIDER_SECRET, USER_TEXT,
+                                                             "eyJ"])
+    assert not leaks, f"secrets, tokens or user text written to {leaks}"
+
+
+async def test_request_log_lines_name_the_tenant_and_user_in_every_service(stack: LocalStack, alice) -> None:
+    await alice.client.chat("Note that I like tea", model_hint="instant")
+    await alice.client.list_memories()  # the gateway, then memory on alice's behalf
+
+    def rpc_lines(service: str) -> list[dict[str, object]]:
+        lines = Path(stack.data_dir, "logs", f"{service}.log").read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{") and '"event": "rpc"' in line]
+
+    for service in ("gateway", "router", "memory"):
+        named = {(line.get("tenant"), line.get("user")) for line in rpc_lines(service)}
+        assert ("acme", "alice") in named, f"{service}: no request line names acme/alice: {sorted(map(str, named))}"
+
+
+USER_TEXT = "zanzibar platypus 7731"  # what a user wrote: no log line may hold it
 
 
 def _logs_containing(logs: Path, secrets: list[str]) -> list[str]:

@@ -237,4 +237,12 @@ MOTEUR_TOOLS_FILE: /etc/moteur/tools.yaml
 {{- .Values.storesExistingSecret | default (printf "%s-stores" (include "moteur.fullname" .)) -}}
 {{- end -}}
 
+{{- define "moteur.meshSigningSecret" -}}
+{{- .Values.meshIdentity.signingSecret | default (printf "%s-mesh-signing" (include "moteur.fullname" .)) -}}
+{{- end -}}
+
+{{- define "moteur.meshPublicSecret" -}}
+{{- .Values.meshIdentity.publicSecret | default (printf "%s-mesh-public" (include "moteur.fullname" .)) -}}
+{{- end -}}
+
 {{- define "moteur.configFile.none" -}}{{- end -}}
