@@ -60,23 +60,24 @@ def translate_exception(exc: BaseException) -> MoteurError | None:
 class MeshGuard:
     """How an internal service admits calls: the verifier of its audience and the scope each method needs."""
 
+    service: str
     verifier: MeshTokenVerifier
     scopes: Mapping[str, str]  # method name -> required scope
 
     def admit(self, method: str, metadata: Any) -> None:
         token = metadata_value(metadata, TOKEN_HEADER)
         if not token:
-            MESH_AUTH_REFUSED.labels("missing").inc()
+            MESH_AUTH_REFUSED.labels(self.service, "missing").inc()
             raise Unauthenticated(f"missing mesh token ({TOKEN_HEADER}): internal services are called through "
                                   "the gateway, which signs the caller's identity")
         try:
             identity = self.verifier.verify(token)
         except Unauthenticated:
-            MESH_AUTH_REFUSED.labels("invalid").inc()
+            MESH_AUTH_REFUSED.labels(self.service, "invalid").inc()
             raise
         needed = self.scopes.get(method)
         if needed is None or needed not in identity.scopes:
-            MESH_AUTH_REFUSED.labels("scope").inc()
+            MESH_AUTH_REFUSED.labels(self.service, "scope").inc()
             raise PermissionDenied(f"this call's identity may not call {method} (needs scope {needed!r})")
         identity_var.set(identity)
 

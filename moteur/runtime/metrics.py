@@ -24,7 +24,7 @@ RPC_IN_FLIGHT = Gauge("moteur_rpc_in_flight", "RPCs being handled now.", ["servi
 MESH_AUTH_REFUSED = Counter(
     "moteur_mesh_auth_refused_total",
     "Internal calls refused before any handler: no mesh token, an invalid one (forged, expired, another key or "
-    "audience), or one without the method's scope.", ["reason"],
+    "audience), or one without the method's scope.", ["service", "reason"],
 )
 
 

@@ -64,7 +64,7 @@ def _guard(app: ServiceApp, registrations: Sequence[Registration], auth: MeshAut
     if unscoped:  # fail at start, not with a refusal at the first call
         raise RuntimeError(f"{app.name}: no scope declared for {', '.join(unscoped)}")
     verifier = MeshTokenVerifier.from_directory(auth.mesh_keys_dir, app.name, auth.mesh_token_leeway_seconds)
-    return MeshGuard(verifier, app.scopes)
+    return MeshGuard(app.name, verifier, app.scopes)
 
 
 async def serve(

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 
@@ -18,6 +19,7 @@ from bench.keys import GENEROUS, bench_key
 from moteur.client import AsyncMoteurClient, MoteurClientError
 from moteur.devstack.processes import free_port
 from moteur.devstack.stack import SERVICES, LocalStack, StackOptions
+from moteur.v1 import memory_pb2, memory_pb2_grpc
 from tests.observability.conftest import DASHBOARDS, binary
 from tests.observability.prometheus import Prometheus
 
@@ -137,6 +139,10 @@ async def _scripted_load(stack: LocalStack) -> None:
 
         await _until(reloaded)
         await asyncio.gather(*(client.chat("Flaky?", request_type="code", timeout=30) for _ in range(6)))
+        # A caller inside the cluster without the gateway's token: refused, and counted per service and reason.
+        async with grpc.aio.insecure_channel(stack.address("memory")) as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await memory_pb2_grpc.MemoryStub(channel).Search(memory_pb2.SearchRequest(text="x"), timeout=5)
         # The tools service reloads a changed policy.
         stack.write_tools_file({**TOOLS_CONFIG, "defaults": {"allow": ["calculator"]}})
     async with AsyncMoteurClient(stack.address("gateway"), quota_key) as client:
