@@ -145,6 +145,10 @@ class ToolsSettings(MoteurSettings):
         10.0, gt=0, description="How often each MCP server's tools are listed again (a dead connection or a "
         "changed tool list is noticed within this)."
     )
+    max_tool_calls_per_tenant: int = Field(
+        32, gt=0, description="Tool calls one tenant may have in flight, every tool together; more are answered "
+        "'tenant_busy' at once. A tenant's max_concurrent_calls in the tools policy overrides it."
+    )
 
 
 class GatewaySettings(MoteurSettings):

@@ -38,7 +38,8 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     register_builtins(registry, settings, memory_pb2_grpc.MemoryStub(memory_channel),
                       files_pb2_grpc.FilesStub(files_channel))
     mcp_servers = McpServers(registry, settings.mcp_refresh_seconds)
-    access = ToolAccess(registry, mcp_servers, *load_policy(settings.tools_file))
+    access = ToolAccess(registry, mcp_servers, *load_policy(settings.tools_file),
+                        max_calls_per_tenant=settings.max_tool_calls_per_tenant)
     servicer = ToolsServicer(registry, access, database(mongo, mongo_settings))
     await servicer.ensure_indexes()
     await mcp_servers.first_attempts(MCP_STARTUP_WAIT_SECONDS)

@@ -45,6 +45,8 @@ class McpServerConfig(_Strict):
 class TenantPolicy(_Strict):
     allow: list[str] | None = None  # glob patterns of built-in tool names; None: the defaults
     mcp_servers: list[McpServerConfig] = Field(default_factory=list)
+    # Its tool calls in flight, every tool together; None: the service's MOTEUR_MAX_TOOL_CALLS_PER_TENANT
+    max_concurrent_calls: int | None = Field(None, gt=0, le=10_000)
 
     @model_validator(mode="after")
     def _unique_servers(self) -> TenantPolicy:
@@ -68,6 +70,11 @@ class ToolsPolicy(_Strict):
 
     def allows_builtin(self, tenant: str, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allowed_patterns(tenant))
+
+    def max_concurrent_calls(self, tenant: str, default: int) -> int:
+        """The tenant's most tool calls in flight: its own setting, else ``default`` (the service's)."""
+        own = self.tenants.get(tenant)
+        return own.max_concurrent_calls if own is not None and own.max_concurrent_calls is not None else default
 
     def mcp_servers(self) -> dict[tuple[str, str], McpServerConfig]:
         """Every configured MCP server, keyed by (tenant, server name)."""

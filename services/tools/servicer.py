@@ -51,7 +51,8 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
             raise NotFound(f"tool {call.name!r} is not registered; known tools: {usable}")
         if len(call.arguments_json.encode()) > MAX_ARGUMENTS_BYTES:
             raise InvalidArgument("call.arguments_json", f"at most {MAX_ARGUMENTS_BYTES:,} bytes")
-        outcome = await self._registry.invoke(call.name, call.arguments_json, caller)
+        outcome = await self._registry.invoke(call.name, call.arguments_json, caller,
+                                              self._access.max_concurrent_calls(caller.tenant))
         await insert_new(self._audit, {
             "_id": new_id(), "tenant": caller.tenant, "user": caller.user, "session": caller.session_id,
             "tool": call.name, "call_id": call.id,
