@@ -94,7 +94,8 @@ class MemorySettings(MoteurSettings):
 
 
 class FilesSettings(MoteurSettings):
-    """Where the files service keeps rendered files, for how long, and how large they may be."""
+    """Where the files service keeps rendered files, for how long, how large they may be, and the budgets of
+    its render workers (CPU, memory, time, fair share across tenants)."""
 
     files_storage: Literal["dir", "s3"] = Field(
         "dir", description="dir: a directory on one machine (MOTEUR_FILES_DIR); s3: S3-compatible object storage."
@@ -122,7 +123,40 @@ class FilesSettings(MoteurSettings):
     files_max_input_bytes: int = Field(
         4 * 1024 * 1024, gt=0, description="Largest render input: Markdown text plus data (as JSON)."
     )
-    files_render_concurrency: int = Field(2, ge=1, description="Renders run at once (threads; PDF is CPU-bound).")
+    files_render_concurrency: int = Field(
+        2, ge=1, description="Render worker processes: renders and template checks run at once (one per worker)."
+    )
+    files_worker_cpu_seconds: float = Field(
+        20.0, gt=0, description="CPU time one render may use (template, typesetting); past it the worker is "
+        "ended and the render is RESOURCE_EXHAUSTED."
+    )
+    files_template_cpu_seconds: float = Field(
+        2.0, gt=0, description="CPU time a PutTemplate check on sample data may use; past it the template is "
+        "refused (INVALID_ARGUMENT)."
+    )
+    files_worker_memory_bytes: int = Field(
+        1024**3, ge=256 * 1024**2, description="Address space of one render worker (RLIMIT_AS); a job past it "
+        "ends the worker. A worker rarely uses a tenth of it; at worst the files container holds (workers + burst) "
+        "x this, plus about 300 MiB."
+    )
+    files_worker_wall_seconds: float = Field(
+        60.0, gt=0, description="Longest one job may take in a worker, waiting for CPU included; the caller's "
+        "deadline, when sooner, ends it first."
+    )
+    files_burst_workers: int = Field(
+        1, ge=0, description="Extra render workers, one job each, started for a tenant that has nothing running "
+        "while another holds more than its share of workers."
+    )
+    files_worker_max_jobs: int = Field(
+        200, ge=1, description="Jobs one worker runs before it is replaced by a fresh one."
+    )
+    files_queue_per_tenant: int = Field(
+        16, ge=1, description="Jobs one tenant may have waiting for a worker; more are RESOURCE_EXHAUSTED."
+    )
+    files_fair_share_grace_seconds: float = Field(
+        2.0, ge=0, description="A tenant counts as active (and keeps its share of workers) this long after its "
+        "last job ended."
+    )
     files_table_model: str = Field(
         "", description="Model hint for finding table rows in free text; empty: the router's extract route."
     )

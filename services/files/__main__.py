@@ -41,6 +41,7 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     await files.ensure_indexes()
     await templates.ensure_indexes()
     service = FileService(files, templates, open_storage(settings), settings)
+    await service.start()  # warm render workers before the first call
     router_channel = open_channel(MeshSettings().router_addr)
     servicer = FilesServicer(service, table_model(router_pb2_grpc.RouterStub(router_channel), settings))
     sweeper = asyncio.create_task(service.sweep_forever())

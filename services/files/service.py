@@ -1,8 +1,9 @@
 """The files service's domain: render a file from text and data through a template, store it, find it again,
 stream it, delete it, and forget it when it expires.
 
-Rendering is blocking, CPU-bound work (WeasyPrint, openpyxl): it runs in a small thread pool, at most
-``files_render_concurrency`` at once, never on the event loop.
+Rendering is blocking, CPU-bound work (Jinja, WeasyPrint, openpyxl) that a tenant's template controls: every
+render and every template check runs in a worker process of the render pool (:mod:`moteur.files.pool`),
+under a CPU, memory and time budget (:mod:`moteur.files.budgets`), with workers shared fairly across tenants.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +23,7 @@ import structlog
 from opentelemetry import trace
 
 from moteur.files import markdown
+from moteur.files.budgets import CHECK, RENDER, cpu_seconds, pool_limits, refusal
 from moteur.files.formats import DOCUMENT_FORMATS, Format
 from moteur.files.metrics import (
     FILES_EXPIRED,
@@ -33,27 +34,19 @@ from moteur.files.metrics import (
     FILES_TABLE_SOURCES,
     FILES_TEMPLATE_UPLOADS,
 )
-from moteur.files.pdf import render_pdf
-from moteur.files.spreadsheets import XLSX_MAX_ROWS, render_csv, render_xlsx
+from moteur.files.pool import LimitExceeded, QueueFull, RenderPool
+from moteur.files.rendering import Oversize, RenderInput, check_template, produce, render_file
+from moteur.files.spreadsheets import XLSX_MAX_ROWS
 from moteur.files.storage import Storage
 from moteur.files.store import FileRecord, FileStore, TemplateStore
 from moteur.files.tables import AskModel, Found, find_rows, rows_from_data
-from moteur.files.templates import (
-    BUILT_INS,
-    MAX_SOURCE_BYTES,
-    TEMPLATE_NAME,
-    Context,
-    Template,
-    TemplateRenderer,
-    page_html,
-    render_errors,
-    validate,
-)
-from moteur.files.word import render_docx
+from moteur.files.templates import BUILT_INS, MAX_SOURCE_BYTES, TEMPLATE_NAME, Template
+from moteur.files.worker import Job
 from moteur.runtime.errors import InvalidArgument, MoteurError, NotFound, QuotaViolation, ResourceExhausted
 from moteur.runtime.ids import new_id
 from moteur.runtime.settings import FilesSettings
 
+__all__ = ["CHUNK_BYTES", "FileService", "Owner", "RenderInput", "produce"]  # produce: for bench/files.py
 log = structlog.get_logger("moteur.files")
 _tracer = trace.get_tracer("moteur.files")
 CHUNK_BYTES = 64 * 1024
@@ -69,27 +62,20 @@ class Owner:
     session: str = ""
 
 
-@dataclass(frozen=True)
-class RenderInput:
-    format: Format
-    template: str = ""
-    text: str = ""
-    data: Mapping[str, Any] = field(default_factory=dict)
-    name: str = ""
-    title: str = ""
-
-
 class FileService:
     def __init__(self, files: FileStore, templates: TemplateStore, storage: Storage, settings: FilesSettings) -> None:
         self._files = files
         self._templates = templates
         self.storage = storage
         self._settings = settings
-        self._renderer = TemplateRenderer()
-        self._pool = ThreadPoolExecutor(settings.files_render_concurrency, thread_name_prefix="render")
+        self._pool = RenderPool(pool_limits(settings))
+
+    async def start(self) -> None:
+        """Start the render workers: the service serves once they are warm."""
+        await self._pool.start()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
 
     # -- rendering ---------------------------------------------------------------------------------
     async def render(self, owner: Owner, request: RenderInput, ask_model: AskModel | None = None) -> FileRecord:
@@ -126,10 +112,10 @@ class FileService:
         span.set_attribute("files.template", template.name)
         found = await self._rows(fmt, template, request, ask_model)
         title = request.title or _first_heading(request.text) or ""
-        content = await asyncio.get_running_loop().run_in_executor(
-            self._pool, produce, fmt, template, request, title, found, self._renderer, settings.files_max_bytes)
-        if len(content) > settings.files_max_bytes:
-            raise _too_large(owner.tenant, len(content), settings.files_max_bytes)
+        content = await self._in_worker(owner.tenant, RENDER, render_file, fmt, template, request, title, found,
+                                        settings.files_max_bytes)
+        if isinstance(content, Oversize):
+            raise _too_large(owner.tenant, content.size, settings.files_max_bytes)
         now = datetime.datetime.now(datetime.UTC)
         file_id = new_id()
         record = FileRecord(
@@ -198,16 +184,22 @@ class FileService:
                                                  f"{', '.join(not_documents)} files are made from rows")
             if len(template.source.encode()) > MAX_SOURCE_BYTES:
                 raise InvalidArgument("source", f"at most {MAX_SOURCE_BYTES:,} bytes")
-            await asyncio.get_running_loop().run_in_executor(
-                self._pool, validate, template.source, template.formats, self._renderer,
-                self._settings.files_max_bytes)
-        except InvalidArgument:
+            await self._in_worker(tenant, CHECK, check_template, template.source, template.formats,
+                                  self._settings.files_max_bytes)
+        except (InvalidArgument, ResourceExhausted):
             FILES_TEMPLATE_UPLOADS.labels("refused").inc()
             raise
         await self._templates.put(tenant, template)
         FILES_TEMPLATE_UPLOADS.labels("ok").inc()
         log.info("files.template_stored", tenant=tenant, template=template.name, formats=sorted(template.formats))
         return template
+
+    async def _in_worker(self, tenant: str, kind: str, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` in a render worker, when the tenant's turn comes, under the budgets of ``kind``."""
+        try:
+            return await self._pool.run(tenant, Job(function, args, cpu_seconds(kind, self._settings), kind))
+        except (LimitExceeded, QueueFull) as exc:
+            raise refusal(exc, tenant, self._settings) from None
 
     # -- stored files ------------------------------------------------------------------------------
     async def find(self, owner: Owner, file_id: str) -> FileRecord:
@@ -251,35 +243,6 @@ class FileService:
             await sleep(self._settings.files_sweep_seconds)
 
 
-def produce(fmt: Format, template: Template, request: RenderInput, title: str, found: Found | None,
-            renderer: TemplateRenderer, max_bytes: int) -> bytes:
-    """The file's bytes: blocking, CPU-bound work for a worker thread."""
-    if fmt.name == "csv":
-        assert found is not None
-        return render_csv(found.tables[0])
-    if fmt.name == "xlsx":
-        assert found is not None
-        return render_xlsx(found.tables)
-    if fmt.name == "json":
-        return _json_document(request, title)
-    table = found.tables[0] if found else None
-    context = Context(title=title, text=request.text, data=request.data,
-                      columns=table.columns if table else (), rows=table.rows if table else ())
-    try:
-        body = renderer.render(template, context, max_chars=max_bytes)
-    except Exception as exc:
-        mapped = render_errors(template.name)(exc)
-        if mapped is None:
-            raise
-        raise mapped from exc
-    if fmt.name == "markdown":
-        return body.encode()
-    if fmt.name == "docx":
-        return render_docx(body, title)
-    page = page_html(body if template.writes_html else markdown.to_html(body), title, template.name)
-    return page.encode() if fmt.name == "html" else render_pdf(page)
-
-
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -296,17 +259,6 @@ def _file_name(text: str) -> str:
     """A file name a person recognises: accents kept, path separators and control characters dropped."""
     name = _UNSAFE_NAME.sub(" ", text).strip(" .")
     return re.sub(r"\s+", " ", name)[:100] or "file"
-
-
-def _json_document(request: RenderInput, title: str) -> bytes:
-    document: dict[str, Any] = {"title": title} if title else {}
-    if request.text:
-        document["text"] = request.text
-    if request.data:
-        document["data"] = request.data
-    if tables := markdown.tables(request.text):
-        document["tables"] = [{"columns": t.columns, "rows": t.rows} for t in tables]
-    return json.dumps(document, ensure_ascii=False, indent=2).encode()
 
 
 def _too_large(tenant: str, size: int, limit: int) -> ResourceExhausted:

@@ -7,7 +7,9 @@ the ``cell`` filter so that a ``|`` in the data cannot break a table.
 
 The sandbox refuses Python internals: attributes starting with ``_`` are refused when the template is
 stored (with their line), and unreachable at render time; ``range`` is capped by Jinja, and ``*``/``**``
-by :class:`_Sandbox` so one expression cannot allocate gigabytes.
+by :class:`_Sandbox` so one expression cannot allocate gigabytes (numbers included: at most a million bits).
+What a template does with loops and recursion is bounded by the render worker it runs in (CPU, memory, time:
+:mod:`moteur.files.pool`), not here.
 """
 
 from __future__ import annotations
@@ -75,12 +77,22 @@ class _Sandbox(SandboxedEnvironment):
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
             raise SecurityError("exponent too large")
+        if operator == "**" and _int(left) and _int(right) and right > 0 and \
+                left.bit_length() * right > _MAX_PRODUCT:
+            # Jinja's ** groups left to right: 2**64**64**64 is ((2**64)**64)**64, every exponent small
+            raise SecurityError(f"result of ** too large (over {_MAX_PRODUCT:,} bits)")
         if operator == "*":
+            if _int(left) and _int(right) and left.bit_length() + right.bit_length() > _MAX_PRODUCT:
+                raise SecurityError(f"result of * too large (over {_MAX_PRODUCT:,} bits)")
             for sequence, count in ((left, right), (right, left)):
                 if isinstance(sequence, str | list | tuple) and isinstance(count, int) and \
                         len(sequence) * count > _MAX_PRODUCT:
                     raise SecurityError("result of * too large")
         return super().call_binop(context, operator, left, right)
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _table(columns: Iterable[str], rows: Iterable[Mapping[str, Any]], keys: Iterable[str] | None = None) -> str:
