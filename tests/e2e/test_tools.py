@@ -202,7 +202,7 @@ async def test_an_mcp_server_that_cannot_start_only_leaves_its_tools_absent(tool
 
 async def test_tools_of_a_tier_are_only_that_tiers(tools, mcp_ready) -> None:
     enterprise = {t.name: t for t in (await tools.ListTools(
-        tools_pb2.ListToolsRequest(), metadata=ACME_ENTERPRISE.as_metadata())).tools}
+        tools_pb2.ListToolsRequest(), metadata=signed(ACME_ENTERPRISE))).tools}
     assert list(enterprise["vault__read_note"].tiers) == ["enterprise"]
     assert (await _call(tools, ACME_ENTERPRISE, "vault__read_note", {"title": "welcome"})).ok
     assert not any(n.startswith("vault__") for n in await _names(tools, ACME))
