@@ -174,7 +174,8 @@ class Registry:
             raise
         else:
             if not outcome.ok:
-                log.info("tool.failed", tool=name, code=outcome.error_code, error=outcome.error_message[:200])
+                # the code only: a message may quote the caller's arguments (user text)
+                log.info("tool.failed", tool=name, code=outcome.error_code)
         finally:
             _caller.reset(token)
         elapsed = time.perf_counter() - started
