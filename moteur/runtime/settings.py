@@ -135,9 +135,9 @@ class FilesSettings(MoteurSettings):
         "refused (INVALID_ARGUMENT)."
     )
     files_worker_memory_bytes: int = Field(
-        1024**3, ge=256 * 1024**2, description="Address space of one render worker (RLIMIT_AS); a job past it "
-        "ends the worker. A worker rarely uses a tenth of it; at worst the files container holds (workers + burst) "
-        "x this, plus about 300 MiB."
+        1024**3, ge=512 * 1024**2, description="Address space of one render worker (RLIMIT_AS); a job past it "
+        "ends the worker. A warm worker maps about 450 MiB of it (WeasyPrint, fonts) and keeps 150 MiB resident; at "
+        "worst the files container holds (workers + burst) x this, plus about 300 MiB."
     )
     files_worker_wall_seconds: float = Field(
         60.0, gt=0, description="Longest one job may take in a worker, waiting for CPU included; the caller's "
