@@ -43,3 +43,16 @@ def test_the_prometheus_rule_has_files_alerts() -> None:
     (rule,) = [m for m in _render({"prometheusRule": {"enabled": True}}) if m["kind"] == "PrometheusRule"]
     groups = {g["name"]: {r["alert"] for r in g["rules"]} for g in rule["spec"]["groups"]}
     assert groups["moteur.files"] == {"MoteurFileRendersFailing", "MoteurFileRendersSlow"}
+
+
+def test_the_render_workers_bounds_reach_the_files_service_and_tools_the_per_tenant_limit() -> None:
+    values = {"files": {"workers": {"count": 3, "memoryBytes": 768 * 1024**2, "cpuSeconds": 10,
+                                    "templateCpuSeconds": 1, "queuePerTenant": 4}},
+              "tools": {"maxCallsPerTenant": 5}}
+    configs = _by_kind(_render(values), "ConfigMap")
+    files = FilesSettings.model_validate({k.removeprefix("MOTEUR_").lower(): v
+                                          for k, v in configs["moteur-files"]["data"].items()
+                                          if k.startswith("MOTEUR_FILES_")})
+    assert (files.files_render_concurrency, files.files_worker_memory_bytes, files.files_worker_cpu_seconds,
+            files.files_template_cpu_seconds, files.files_queue_per_tenant) == (3, 768 * 1024**2, 10, 1, 4)
+    assert configs["moteur-tools"]["data"]["MOTEUR_MAX_TOOL_CALLS_PER_TENANT"] == "5"

@@ -211,6 +211,11 @@ MOTEUR_FILES_STORAGE: {{ $root.Values.files.storage | quote }}
 MOTEUR_FILES_DIR: /var/lib/moteur/files
 MOTEUR_FILES_RETENTION_DAYS: {{ $root.Values.files.retentionDays | quote }}
 MOTEUR_FILES_MAX_BYTES: {{ $root.Values.files.maxBytes | int64 | quote }}
+MOTEUR_FILES_RENDER_CONCURRENCY: {{ $root.Values.files.workers.count | quote }}
+MOTEUR_FILES_WORKER_MEMORY_BYTES: {{ $root.Values.files.workers.memoryBytes | int64 | quote }}
+MOTEUR_FILES_WORKER_CPU_SECONDS: {{ $root.Values.files.workers.cpuSeconds | quote }}
+MOTEUR_FILES_TEMPLATE_CPU_SECONDS: {{ $root.Values.files.workers.templateCpuSeconds | quote }}
+MOTEUR_FILES_QUEUE_PER_TENANT: {{ $root.Values.files.workers.queuePerTenant | quote }}
 {{- if eq $root.Values.files.storage "s3" }}
 MOTEUR_FILES_S3_ENDPOINT: {{ $root.Values.files.s3.endpoint | quote }}
 MOTEUR_FILES_S3_BUCKET: {{ required "files.s3.bucket is required with files.storage=s3" $root.Values.files.s3.bucket | quote }}
@@ -220,6 +225,7 @@ MOTEUR_FILES_S3_PREFIX: {{ $root.Values.files.s3.prefix | quote }}
 {{- end }}
 {{- if eq .service "tools" }}
 MOTEUR_TOOLS_FILE: /etc/moteur/tools.yaml
+MOTEUR_MAX_TOOL_CALLS_PER_TENANT: {{ $root.Values.tools.maxCallsPerTenant | quote }}
 {{- end }}
 {{- end -}}
 
