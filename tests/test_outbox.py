@@ -11,12 +11,14 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymongo import AsyncMongoClient
 
 from moteur.devstack.processes import free_port
 from moteur.gateway.outbox import MAX_STRIKES, MemoryOutbox
 from moteur.runtime.errors import MoteurError
 from moteur.runtime.ids import new_id
+from moteur.runtime.mesh_tokens import MeshTokenIssuer
 from moteur.v1 import memory_pb2, memory_pb2_grpc
 
 
@@ -60,7 +62,7 @@ async def memory() -> AsyncIterator[tuple[FailingMemory, memory_pb2_grpc.MemoryS
 @pytest.fixture
 async def outbox(mongo: AsyncMongoClient, memory) -> AsyncIterator[MemoryOutbox]:  # type: ignore[no-untyped-def]
     db = mongo[f"outbox_{new_id().lower()}"]
-    relay = MemoryOutbox(db, memory[1])
+    relay = MemoryOutbox(db, memory[1], MeshTokenIssuer("gateway", Ed25519PrivateKey.generate()))
     await relay.ensure_indexes()
     yield relay
     await mongo.drop_database(db.name)

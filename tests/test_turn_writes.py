@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -19,6 +20,7 @@ from moteur.gateway.sessions import Scope, SessionStore, new_message
 from moteur.gateway.usage import TokenUsage, UsageLedger
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import new_id
+from moteur.runtime.mesh_tokens import MeshTokenIssuer
 from moteur.runtime.mongo import write_together
 from moteur.v1 import memory_pb2_grpc
 
@@ -33,7 +35,8 @@ async def db(mongo: AsyncMongoClient) -> AsyncIterator[AsyncDatabase]:
 async def test_a_turn_written_twice_is_stored_once(mongo: AsyncMongoClient, db: AsyncDatabase) -> None:
     sessions, usage = SessionStore(db), UsageLedger(db)
     channel = grpc.aio.insecure_channel("127.0.0.1:9")  # never called: only the outbox's writes are used here
-    outbox = MemoryOutbox(db, memory_pb2_grpc.MemoryStub(channel))
+    outbox = MemoryOutbox(db, memory_pb2_grpc.MemoryStub(channel), MeshTokenIssuer("gateway",
+                                                                                   Ed25519PrivateKey.generate()))
     identity = Identity("acme", "ana", "standard")
 
     async def turn_twice(session, question: str) -> None:  # type: ignore[no-untyped-def]

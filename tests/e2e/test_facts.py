@@ -7,7 +7,8 @@ import asyncio
 import grpc
 import pytest
 
-from moteur.runtime.identity import Identity
+from moteur.gateway.outbox import RELAY_SCOPES
+from moteur.runtime.identity import Identity, identity_var
 from moteur.runtime.ids import new_id
 from moteur.v1 import memory_pb2, memory_pb2_grpc
 from tests.mesh import signed
@@ -138,11 +139,15 @@ async def test_the_model_extractor_asks_the_real_local_model_for_schema_bound_js
     from moteur.memory.extraction import FACTS_SCHEMA, LLMExtractor
     from moteur.v1 import router_pb2_grpc
 
+    # What the outbox relay's Extract call carries, and memory forwards to the router.
+    relay = stack.mesh_issuer().sign(Identity("acme", "marion", "internal", scopes=RELAY_SCOPES))
+    caller = identity_var.set(relay)
     async with grpc.aio.insecure_channel(stack.address("router")) as channel:
         complete = router_completion(router_pb2_grpc.RouterStub(channel), timeout=60)
         raw = await complete("Extract facts about the user as JSON.", "My name is Marion and I live in Lyon.",
                              FACTS_SCHEMA)
         found = await LLMExtractor(complete).extract("My name is Marion and I live in Lyon.", "")
+    identity_var.reset(caller)
     import json
 
     assert isinstance(json.loads(raw).get("facts"), list)  # llama.cpp constrained the answer to the schema

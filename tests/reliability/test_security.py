@@ -10,7 +10,9 @@ addresses as a unit (test_http_get.py); a template reaching ``__subclasses__`` i
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -142,3 +144,26 @@ def _logs_containing(logs: Path, secrets: list[str]) -> list[str]:
     files = sorted(logs.glob("*.log"))
     assert files, f"no logs under {logs}"
     return [f.name for f in files if any(s in f.read_text(errors="replace") for s in secrets)]
+
+
+async def test_bytes_that_are_no_request_get_a_status_and_a_json_log_line(stack: LocalStack, alice) -> None:
+    request_id = "01BADBYTESREQUEST000000000"
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        chat = channel.unary_unary("/moteur.v1.Gateway/Chat")  # bytes in, bytes out
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await chat(b"\x0a\x02\xc3\x28", metadata=[("authorization", f"Bearer {alice.key}"),
+                                                      ("x-request-id", request_id)], timeout=10)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "invalid UTF-8" in (refused.value.details() or "")
+    logged = await asyncio.to_thread(_logged, Path(stack.data_dir, "logs", "gateway.log"), request_id)
+    assert [(e["event"], e["method"], e["code"]) for e in logged] == [("rpc", "Chat", "INVALID_ARGUMENT")]
+
+
+def _logged(log: Path, request_id: str) -> list[dict[str, object]]:
+    """The JSON lines of one request, once written (the service writes them as the call ends)."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [json.loads(line) for line in log.read_text(errors="replace").splitlines() if request_id in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
