@@ -158,11 +158,13 @@ def sessions_list(
     """The newest sessions."""
     with _client() as client:
         page = client.list_sessions(user_id=user, page_size=limit)
-    table = Table("title", "messages", "updated")
+    # Listed newest created first, so the table shows that column first and the last activity beside it.
+    table = Table("created", "title", "messages", "last message")
     table.add_column("id", no_wrap=True, min_width=26)  # ids are copied into other commands: never cut them
     for s in page.sessions:
+        created = s.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M")
         updated = s.updated_at.ToDatetime().strftime("%Y-%m-%d %H:%M")
-        table.add_row(s.title, str(s.message_count), updated, s.id)
+        table.add_row(created, s.title, str(s.message_count), updated, s.id)
     console.print(table)
 
 

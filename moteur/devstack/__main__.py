@@ -59,7 +59,9 @@ def main() -> None:
         console.print(table)
         console.print(f"logs: {stack.data_dir / 'logs'}   data: {stack.data_dir}")
         console.print(f"development API key{' (new)' if created else ''}: [bold]{key}[/bold]")
-        console.print('try: [bold]moteur chat "What is the capital of France?"[/bold]   (Ctrl-C stops everything)')
+        # Runnable as printed from the repository root, without activating the venv.
+        console.print('try: [bold].venv/bin/moteur chat "What is the capital of France?"[/bold]   '
+                      "(Ctrl-C stops everything; `source .venv/bin/activate` to type just `moteur`)")
         stopped.wait()
     finally:
         with console.status("stopping…"):

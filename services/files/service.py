@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,6 @@ __all__ = ["CHUNK_BYTES", "FileService", "Owner", "RenderInput", "produce"]  # p
 log = structlog.get_logger("moteur.files")
 _tracer = trace.get_tracer("moteur.files")
 CHUNK_BYTES = 64 * 1024
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
 
 
 @dataclass(frozen=True)
@@ -256,9 +256,10 @@ def _first_heading(text: str) -> str:
 
 
 def _file_name(text: str) -> str:
-    """A file name a person recognises: accents kept, path separators and control characters dropped."""
-    name = _UNSAFE_NAME.sub(" ", text).strip(" .")
-    return re.sub(r"\s+", " ", name)[:100] or "file"
+    """A slug of ``text`` ("Rapport trimestriel été" -> "rapport-trimestriel-ete"): safe in every shell,
+    file system and URL, and still recognisable (accents folded, not dropped)."""
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    return re.sub(r"[^a-z0-9]+", "-", folded).strip("-")[:80].rstrip("-") or "file"
 
 
 def _too_large(tenant: str, size: int, limit: int) -> ResourceExhausted:

@@ -126,7 +126,7 @@ def _docx_text(content: bytes) -> str:
 # -- every format, read back -----------------------------------------------------------------------------
 async def test_a_pdf_reads_back_with_its_accents_headings_lists_code_and_table(files) -> None:
     info = await _render(files, format=F.FILE_FORMAT_PDF, markdown=REPORT)
-    assert info.ref.name == "Rapport trimestriel.pdf" and info.ref.mime_type == "application/pdf"
+    assert info.ref.name == "rapport-trimestriel.pdf" and info.ref.mime_type == "application/pdf"
     assert info.template == "report" and info.tenant_id == "acme" and info.user_id == "alice"
     fetched, content = await _fetch(files, info.ref.file_id)
     assert content.startswith(b"%PDF") and len(content) == info.ref.size_bytes == fetched.ref.size_bytes
