@@ -24,13 +24,14 @@ CLI_ENV_FILE = DEFAULT_DATA_DIR / "cli.env"
 
 
 async def _development_key(stack: LocalStack) -> tuple[str, bool]:
-    """The development key of this data directory: read back, or created (tenant dev, user dev) once."""
+    """The development key of this data directory: read back, or created (tenant dev, user dev) once. It is
+    an admin key of its tenant, so that every example of the README runs with it (limits, tenant switches)."""
     if DEV_KEY_FILE.exists():
         return DEV_KEY_FILE.read_text().strip(), False
     settings = MongoSettings(mongo_uri=stack.mongo_uri)
     mongo = connect_mongo(settings)
     try:
-        key, _ = await ApiKeyStore(database(mongo, settings)).create("dev", "dev", "standard", "make run")
+        key, _ = await ApiKeyStore(database(mongo, settings)).create("dev", "dev", "standard", "make run", admin=True)
     finally:
         await mongo.close()
     DEV_KEY_FILE.write_text(key + "\n")
