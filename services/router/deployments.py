@@ -18,6 +18,7 @@ import grpc
 from moteur.router.metrics import BREAKER_STATE, IN_FLIGHT
 from moteur.router.providers import ModelCallError, Provider, provider_for
 from moteur.router.registry import BreakerPolicy, ModelDeployment
+from moteur.router.toolcalls import reading_text_calls
 from moteur.router.windowing import TokenCounter
 
 BreakerState = Literal["closed", "open", "half_open"]
@@ -76,7 +77,7 @@ class CircuitBreaker:
 class DeploymentState:
     def __init__(self, deployment: ModelDeployment, breaker: BreakerPolicy) -> None:
         self.deployment = deployment
-        self.provider: Provider = provider_for(deployment)
+        self.provider: Provider = reading_text_calls(provider_for(deployment), deployment)
         self.tokens = TokenCounter(deployment.tokenizer)
         self.breaker = CircuitBreaker(deployment.name, breaker)
         self.in_flight = 0

@@ -1,5 +1,5 @@
 """The router's own metrics: model calls, latency, first tokens, tokens, retries, fallbacks, substitutions,
-breakers."""
+breakers, tool calls read from a model's text."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ SUBSTITUTIONS = Counter(
     "Requests whose named model (model_hint) could not answer: another model answered (allowed, the caller set "
     "allow_model_substitution) or the request failed UNAVAILABLE (refused).",
     ["model", "outcome"],
+)
+TEXT_TOOL_CALLS = Counter(
+    "moteur_model_text_tool_calls_total",
+    "Tool calls read from the text of a model that writes them there (tool_call_text in the registry).", ["model"],
+)
+TEXT_TOOL_CALLS_REFUSED = Counter(
+    "moteur_model_text_tool_calls_refused_total",
+    "Answers whose tool-call text was malformed, named a tool not offered or had invalid arguments: they "
+    "stayed text.", ["model"],
 )
 BREAKER_STATE = Gauge("moteur_model_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.", ["model"])
 IN_FLIGHT = Gauge("moteur_model_in_flight", "Calls in flight per deployment.", ["model"])

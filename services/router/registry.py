@@ -52,6 +52,10 @@ class ModelDeployment(_Strict):
     # takes a JSON Schema as {"type": "json_object", "schema": …} (it refuses response_format json_schema)
     # and wants string content on assistant messages that call tools.
     json_schema_style: Literal["openai", "llamacpp"] = "openai"
+    # How the model writes tool calls when it does not send OpenAI tool_calls: "qwen" reads Qwen's
+    # <tool_call>{"name": …, "arguments": …}</tool_call> (or that JSON fenced, or bare) from its text
+    # (moteur.router.toolcalls); "": only the provider's tool_calls count.
+    tool_call_text: Literal["", "qwen"] = ""
     # instant provider only: answer after this long, to stand in for a model of known speed in benchmarks
     simulated_latency_ms: int = Field(0, ge=0, le=60_000)
 
@@ -61,6 +65,8 @@ class ModelDeployment(_Strict):
             raise ValueError(f"model {self.name!r}: provider 'openai' needs 'model' and 'base_url'")
         if self.provider == "anthropic" and not self.model:
             raise ValueError(f"model {self.name!r}: provider 'anthropic' needs 'model'")
+        if self.tool_call_text and not self.supports_tools:
+            raise ValueError(f"model {self.name!r}: tool_call_text needs supports_tools (it is offered no tools)")
         if self.tokenizer and not Path(self.tokenizer.partition(":")[2]).is_file():
             raise ValueError(f"model {self.name!r}: tokenizer file {self.tokenizer.partition(':')[2]!r} not found")
         return self
