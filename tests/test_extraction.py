@@ -18,6 +18,13 @@ from moteur.memory.extraction import Candidate, LLMExtractor, RuleExtractor
     ("I work at Airbus as an engineer.", [Candidate("The user works at Airbus.", "employer")]),
     ("My sister's name is Clementine.", [Candidate("The name of the user's sister is Clementine.", "name-of:sister")]),
     ("What's the weather like?", []),
+    ("J'habite à Lyon.", [Candidate("L'utilisateur habite à Lyon.", "home")]),
+    ("Je m\u2019appelle Camille et j'habite en Bretagne depuis 2010.",
+     [Candidate("L'utilisateur s'appelle Camille.", "name"), Candidate("L'utilisateur habite en Bretagne.", "home")]),
+    ("Je n'habite plus à Lyon.", [Candidate("L'utilisateur habite à Lyon.", "home", negated=True)]),
+    ("Je travaille chez Airbus depuis 2019.", [Candidate("L'utilisateur travaille chez Airbus.", "employer")]),
+    ("Je suis allergique aux arachides.", [Candidate("L'utilisateur est allergique aux arachides.")]),
+    ("Où est-ce que j'habite ?", []),
 ])
 async def test_rules_read_first_person_statements_with_their_slot(message: str, expected: list[Candidate]) -> None:
     assert await RuleExtractor().extract(message, "") == expected

@@ -322,13 +322,24 @@ _USER = typer.Option(help="Whose memories (service keys); a user key sees its ow
 @memories_app.command("list")
 def memories_list(
     user: Annotated[str, _USER] = "",
-    kind: Annotated[list[str], typer.Option(help="fact, message or document_chunk; repeat for several.")] = [],  # noqa: B006
+    kind: Annotated[list[str], typer.Option(help="fact, message, reply or document_chunk; repeat for several.")] = [],  # noqa: B006
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
 ) -> None:
     """Your memories, newest first."""
     with _client() as client:
         page = client.list_memories(user_id=user, kinds=kind, page_size=limit)
     _memory_table([(r, None) for r in page.records])
+
+
+@memories_app.command("migration")
+def memories_migration(user: Annotated[str, _USER] = "") -> None:
+    """Where your tenant's memories stand against the embedding model: how many vectors a former model made,
+    still to re-embed in the background (left out of searches until then)."""
+    with _client() as client:
+        status = client.list_memories(user_id=user, page_size=1).migration
+    state = "re-embedding" if status.running else "idle"
+    console.print(f"embedding model: {status.model} ({status.current:,} vectors); former models: "
+                  f"{', '.join(status.from_models) or 'none'} ({status.remaining:,} vectors left to re-embed); {state}")
 
 
 @memories_app.command("search")

@@ -19,7 +19,7 @@ FILE_FORMATS = {"pdf": common_pb2.FILE_FORMAT_PDF, "csv": common_pb2.FILE_FORMAT
                 "docx": common_pb2.FILE_FORMAT_DOCX}
 
 MEMORY_KINDS = {"message": memory_pb2.MEMORY_KIND_MESSAGE, "fact": memory_pb2.MEMORY_KIND_FACT,
-                "document_chunk": memory_pb2.MEMORY_KIND_DOCUMENT_CHUNK}
+                "document_chunk": memory_pb2.MEMORY_KIND_DOCUMENT_CHUNK, "reply": memory_pb2.MEMORY_KIND_REPLY}
 
 
 def enum_value(value: int | str, names: Mapping[str, int], what: str) -> int:

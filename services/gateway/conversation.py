@@ -17,6 +17,7 @@ with a message saying so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -255,13 +256,19 @@ class Conversation:
         )
         _refuse_if_pending(session)
         question = new_message("user", turn.message)
+        learns = turn.use_memory and switches.fact_extraction and switches.message_memory  # as the outbox's Extract
+        learning = self._recall.learn(identity, session.user, session.id, question.id, question.content) \
+            if self._recall is not None and session.user and learns else None
         memory = recollection.prompt()
         loop = _Loop(turn, question, self._history(session, memory), tools, memory, _memory_summary(recollection),
                      self._loop_deadline())
         loop.prompt.append(router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content=question.content))
         yield TurnStarted(session.id, question.id)
-        async for event in self._loop(identity, session, loop, stream, switches):
-            yield event
+        with self._outbox.chatting() if self._outbox is not None else contextlib.nullcontext():
+            async for event in self._loop(identity, session, loop, stream, switches):
+                if isinstance(event, TurnResult) and learning is not None:
+                    await learning  # what the question stated is known before its answer is given
+                yield event
 
     async def continuation(self, identity: Identity, scope: Scope, session_id: str,
                            results: Sequence[common_pb2.ToolResult]) -> Continuation:

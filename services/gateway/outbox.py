@@ -5,8 +5,11 @@ message without its entry. A relay in each gateway replica sends entries to ``Me
 message id is the memory id, so a resend replaces rather than duplicates) and deletes them once stored.
 It wakes when a turn is written, retries with growing backoff while memory or Milvus is down, and sweeps
 every ``sweep_seconds`` for entries another replica left behind when it stopped. A user's message whose
-turn allows memory is also sent to ``Memory.Extract``, which reads it for facts about the user. Texts are
-trimmed to what memory accepts (a chat message may be four times longer).
+turn allows memory is also sent to ``Memory.Extract``, which reads it for facts about the user — by a
+model, so it waits (up to ``quiet_wait_seconds``) until no chat turn of this replica is in flight: it must
+not queue ahead of them on the model server (the rules already stored the plain facts during the turn, see
+recall.py). An assistant's answer is stored as a reply, a kind recall leaves out. Texts are trimmed to what
+memory accepts (a chat message may be four times longer).
 
 Invariant: an outage (``OUTAGE``: memory, Milvus or the store down, a deadline) loses nothing — the batch
 stays and is sent again, however long it lasts. A refusal that cannot pass (``PERMANENT``: sending the same
@@ -23,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -65,8 +68,13 @@ DEAD_LETTER_SECONDS = 30 * 86400
 
 class MemoryOutbox:
     def __init__(self, db: AsyncDatabase, memory: memory_pb2_grpc.MemoryStub, issuer: MeshTokenIssuer,
-                 sweep_seconds: float = 5.0, max_backoff_seconds: float = 30.0) -> None:
+                 sweep_seconds: float = 5.0, max_backoff_seconds: float = 30.0,
+                 quiet_wait_seconds: float = 30.0) -> None:
         self._issuer = issuer
+        self._turns_in_flight = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._quiet_wait = quiet_wait_seconds
         self._entries = db["memory_outbox"]
         self._dead = db["memory_outbox_dead"]
         self._memory = memory
@@ -115,6 +123,18 @@ class MemoryOutbox:
     def written(self) -> None:
         """Entries were just committed: the relay has work."""
         self._wake.set()
+
+    @contextlib.contextmanager
+    def chatting(self) -> Iterator[None]:
+        """A chat turn is in flight: extractions by a model wait until none is."""
+        self._turns_in_flight += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._turns_in_flight -= 1
+            if not self._turns_in_flight:
+                self._quiet.set()
 
     def start(self) -> None:
         self._relay = asyncio.create_task(self._run(), name="memory-outbox-relay")
@@ -212,6 +232,8 @@ class MemoryOutbox:
         return stored, failed
 
     async def _extract(self, tenant: str, entry: Entry, request: memory_pb2.ExtractRequest) -> None:
+        with contextlib.suppress(TimeoutError):  # past the wait it goes anyway: turns may never stop
+            await asyncio.wait_for(self._quiet.wait(), self._quiet_wait)
         try:
             await call_service(self._memory.Extract, request, "memory", self._identity(tenant, request.user_id),
                                timeout=60)
@@ -284,13 +306,15 @@ def _reason(code: grpc.StatusCode) -> str:
 
 def _forget_request(entry: Entry) -> memory_pb2.DeleteMemoriesRequest:
     # The session's messages; facts learned in it are the user's, listed and deleted on their own.
-    return memory_pb2.DeleteMemoriesRequest(session_id=entry["session"], kinds=[memory_pb2.MEMORY_KIND_MESSAGE])
+    return memory_pb2.DeleteMemoriesRequest(session_id=entry["session"],
+                                            kinds=[memory_pb2.MEMORY_KIND_MESSAGE, memory_pb2.MEMORY_KIND_REPLY])
 
 
 def _record(entry: Entry) -> memory_pb2.MemoryRecord:
     created = Timestamp()
     created.FromDatetime(entry["created_at"])
     return memory_pb2.MemoryRecord(
-        id=entry["_id"], user_id=entry["user"], session_id=entry["session"], kind=memory_pb2.MEMORY_KIND_MESSAGE,
+        id=entry["_id"], user_id=entry["user"], session_id=entry["session"],
+        kind=memory_pb2.MEMORY_KIND_REPLY if entry["role"] == "assistant" else memory_pb2.MEMORY_KIND_MESSAGE,
         text=f"{entry['role']}: {entry['text']}"[:MAX_TEXT_CHARS], source_ids=[entry["_id"]], created_at=created,
     )

@@ -1,14 +1,22 @@
 """Recall: what the memory service remembers of this user that bears on the question, for the prompt.
 
-One ``Memory.Search`` per turn (facts and past messages of the user, nearest first), run beside the
-session read. What the session's own history already holds is left out; the rest goes into one system
-message, marked as memory, until the token budget is spent. Recall is a refinement: when memory is slow
-or down the turn goes on without it and says so (``memory: unavailable`` in the route metadata).
+One ``Memory.Search`` per turn (the user's facts and own past messages, nearest first — never the
+assistant's past answers unless ``kinds`` asks for replies: an old wrong answer recalled is repeated), run
+beside the session read. A memory is kept when it scores at least ``min_score`` and at most ``margin``
+below the best one (both calibrated on ``evals/recall.yaml``, see ``python -m bench memory``). What the
+session's own history already holds is left out; the rest goes into one system message, marked as memory,
+until the token budget is spent. Recall is a refinement: when memory is slow or down the turn goes on
+without it and says so (``memory: unavailable`` in the route metadata).
+
+:meth:`Recall.learn` is the fast path of fact extraction: during the turn, beside the model call, memory
+reads the user's message with its rules (no model) and stores what it states, so a fact said is a fact
+known on the next turn; the outbox's extraction by a model refines it later.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import asyncio
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -47,21 +55,79 @@ class Recollection:
 
 
 OFF = Recollection("off")
+KINDS = {"fact": memory_pb2.MEMORY_KIND_FACT, "message": memory_pb2.MEMORY_KIND_MESSAGE,
+         "reply": memory_pb2.MEMORY_KIND_REPLY, "document_chunk": memory_pb2.MEMORY_KIND_DOCUMENT_CHUNK}
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """Which memories go into the prompt, from what memory found (calibrated on ``evals/recall.yaml``).
+
+    - the assistant's past answers are left out unless ``replies`` (an old wrong answer recalled is repeated),
+      and so are the user's past questions (a message ending with "?"): they hold no answer, yet a question
+      asked again is their nearest neighbour;
+    - a fact ranks ``fact_bonus`` above its cosine: facts are what is known of the user, and E5 puts a
+      question nearer to other questions and requests than to the statement that answers it;
+    - a memory is kept when its rank score is at least ``min_score`` and at most ``margin`` below the best —
+      E5's cosines are compressed, so the distance to the best says more than the score alone."""
+
+    min_score: float
+    margin: float = 1.0
+    fact_bonus: float = 0.0
+    replies: bool = False
+
+    def rank(self, kind: str, text: str) -> float | None:
+        """What is added to a memory's cosine to rank it, or None when it is left out."""
+        if not self.replies and (kind == "reply" or text.startswith("assistant: ")):
+            return None
+        if kind == "message" and text.rstrip().endswith("?"):
+            return None
+        return self.fact_bonus if kind == "fact" else 0.0
+
+    def choose(self, found: Sequence[tuple[str, str, float]]) -> list[tuple[int, float]]:
+        """(index, rank score) of the memories to use, best first, among ``found``: (kind, text, cosine)."""
+        ranked = sorted(((i, score + bonus) for i, (kind, text, score) in enumerate(found)
+                         if (bonus := self.rank(kind, text)) is not None), key=lambda pair: -pair[1])
+        if not ranked:
+            return []
+        floor = max(self.min_score, ranked[0][1] - self.margin)
+        return [(i, score) for i, score in ranked if score >= floor]
 
 
 class Recall:
     def __init__(self, memory: memory_pb2_grpc.MemoryStub, top_k: int = 8, min_score: float = 0.35,
-                 token_budget: int = 256, timeout_seconds: float = 1.0) -> None:
+                 token_budget: int = 256, timeout_seconds: float = 1.0, margin: float = 1.0,
+                 kinds: Sequence[str] = ("fact", "message"), fact_bonus: float = 0.0) -> None:
         self._memory = memory
         self._top_k = top_k
-        self._min_score = min_score
+        self._kinds = [KINDS[k] for k in kinds]
+        self.choice = Choice(min_score, margin, fact_bonus, replies="reply" in kinds)
         self._token_budget = token_budget
         self._timeout = timeout_seconds
+        self._learning: set[asyncio.Task[None]] = set()
+
+    def learn(self, identity: Identity, user: str, session_id: str, message_id: str, text: str) -> asyncio.Task[None]:
+        """Start storing the facts ``text`` states, by memory's rules (no model call); await the task before the
+        turn's answer is given. A failure only logs: the outbox's extraction reads the message again later."""
+        request = memory_pb2.ExtractRequest(user_id=user, session_id=session_id, user_message=text[:MAX_TEXT_CHARS],
+                                            source_ids=[message_id], rules_only=True)
+
+        async def extract() -> None:
+            try:
+                await self._memory.Extract(request, metadata=mesh_metadata(identity), timeout=self._timeout * 2)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("recall.learn_failed", code=exc.code().name, error=(exc.details() or "")[:200])
+
+        task = asyncio.create_task(extract(), name="memory-learn")
+        self._learning.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._learning.discard)
+        return task
 
     async def search(self, identity: Identity, user: str, question: str) -> Recollection:
         request = memory_pb2.SearchRequest(
-            text=question[:MAX_TEXT_CHARS], user_id=user, top_k=self._top_k, min_score=self._min_score,
-            kinds=[memory_pb2.MEMORY_KIND_FACT, memory_pb2.MEMORY_KIND_MESSAGE],
+            # Twice as many as used: a fact's bonus may lift it above messages memory ranked first.
+            text=question[:MAX_TEXT_CHARS], user_id=user, top_k=min(100, self._top_k * 2),
+            min_score=max(-1.0, self.choice.min_score - self.choice.fact_bonus), kinds=self._kinds,
         )
         try:
             found = await self._memory.Search(request, metadata=mesh_metadata(identity), timeout=self._timeout)
@@ -69,11 +135,13 @@ class Recall:
             RECALLS.labels("unavailable").inc()
             log.warning("recall.unavailable", code=exc.code().name, error=(exc.details() or "")[:200])
             return Recollection("unavailable")
-        memories = tuple(
-            Recalled(h.record.id, memory_pb2.MemoryKind.Name(h.record.kind).removeprefix("MEMORY_KIND_").lower(),
-                     h.record.text, h.score, tuple(h.record.source_ids))
-            for h in found.hits
-        )
+        # A message a fact found here was drawn from says the same, less plainly: the fact stands for it.
+        fact, message = memory_pb2.MEMORY_KIND_FACT, memory_pb2.MEMORY_KIND_MESSAGE
+        represented = {s for h in found.hits if h.record.kind == fact for s in h.record.source_ids}
+        hits = [h for h in found.hits if h.record.kind != message or h.record.id not in represented]
+        chosen = self.choice.choose([(_kind(h.record.kind), h.record.text, h.score) for h in hits])[:self._top_k]
+        memories = tuple(Recalled(hits[i].record.id, _kind(hits[i].record.kind), hits[i].record.text, hits[i].score,
+                                  tuple(hits[i].record.source_ids)) for i, _ in chosen)
         RECALLS.labels("on").inc()
         return Recollection("on", memories)
 
@@ -89,3 +157,7 @@ class Recall:
             kept.append(memory)
             spent += cost
         return Recollection(recollection.status, tuple(kept))
+
+
+def _kind(kind: int) -> str:
+    return memory_pb2.MemoryKind.Name(kind).removeprefix("MEMORY_KIND_").lower()

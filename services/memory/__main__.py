@@ -7,10 +7,17 @@ import os
 from collections.abc import AsyncIterator, Sequence
 
 from moteur.memory.documents import DocumentStore
-from moteur.memory.embeddings import BatchingEmbedder, EmbeddingModel, MiniLMEmbeddings, ProviderEmbeddings
+from moteur.memory.embeddings import (
+    BatchingEmbedder,
+    E5Embeddings,
+    EmbeddingModel,
+    MiniLMEmbeddings,
+    ProviderEmbeddings,
+)
 from moteur.memory.extraction import LLMExtractor
 from moteur.memory.facts import FactMemory
 from moteur.memory.forgotten import ForgottenUsers
+from moteur.memory.migration import Reembedding
 from moteur.memory.servicer import MemoryServicer
 from moteur.memory.store import VectorStore
 from moteur.runtime.channels import open_channel
@@ -37,8 +44,10 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     if settings.embedding_provider == "openai":
         model = ProviderEmbeddings(settings.embedding_model, settings.embedding_base_url,
                                    os.environ.get(settings.embedding_api_key_env, ""), settings.embedding_dimensions)
-    else:
+    elif settings.embedding_provider == "minilm":
         model = await asyncio.to_thread(MiniLMEmbeddings)
+    else:
+        model = await asyncio.to_thread(E5Embeddings, settings.embedding_threads)
     embedder = BatchingEmbedder(model)
     store = VectorStore(settings.milvus_uri, model.dimensions, settings.milvus_index_type,
                         settings.milvus_index_params, settings.milvus_search_params,
@@ -53,15 +62,18 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     db = database(mongo, mongo_settings)
     facts, documents = FactMemory(db, embedder, store, llm), DocumentStore(db, embedder, store)
     await facts.ensure_indexes()
+    migration = Reembedding(store, embedder, settings.reembed_batch)
+    migration.start()  # vectors of a former model, if any: re-embedded behind live requests
     try:
         yield [
             Registration(
                 memory_pb2.DESCRIPTOR.services_by_name["Memory"],
-                MemoryServicer(embedder, store, facts, documents, ForgottenUsers(db)),
+                MemoryServicer(embedder, store, facts, documents, ForgottenUsers(db), migration),
                 memory_pb2_grpc.add_MemoryServicer_to_server,
             )
         ]
     finally:
+        await migration.stop()
         await embedder.aclose()
         await store.close()
         await router_channel.close()

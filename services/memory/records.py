@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-Kind = Literal["message", "fact", "document_chunk"]
+Kind = Literal["message", "reply", "fact", "document_chunk"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,7 @@ class MemoryRecord:
 class SearchFilter:
     tenant: str
     model: str = ""  # searches always set it: vectors of another model are not comparable
+    other_models: str = ""  # only vectors NOT made by this model (what a re-embedding has left to do)
     user: str = ""
     session: str = ""
     kinds: Sequence[Kind] = ()
@@ -53,6 +54,8 @@ class SearchFilter:
         terms = [f"tenant == {json.dumps(self.tenant)}"]
         if self.model:
             terms.append(f"model == {json.dumps(self.model)}")
+        if self.other_models:
+            terms.append(f"model != {json.dumps(self.other_models)}")
         if self.user:
             terms.append(f"user == {json.dumps(self.user)}")
         if self.session:

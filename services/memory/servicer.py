@@ -17,6 +17,7 @@ from moteur.memory.documents import DocumentStore
 from moteur.memory.embeddings import BatchingEmbedder
 from moteur.memory.facts import FactMemory, Turn
 from moteur.memory.forgotten import ForgottenUsers, created_ms_of
+from moteur.memory.migration import Reembedding
 from moteur.memory.store import Kind, MemoryRecord, SearchFilter, VectorStore
 from moteur.runtime.errors import InvalidArgument, NotFound
 from moteur.runtime.identity import mesh_identity
@@ -32,7 +33,7 @@ _DOCUMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,48}")
 
 _KINDS: dict[int, Kind] = {
     memory_pb2.MEMORY_KIND_MESSAGE: "message", memory_pb2.MEMORY_KIND_FACT: "fact",
-    memory_pb2.MEMORY_KIND_DOCUMENT_CHUNK: "document_chunk",
+    memory_pb2.MEMORY_KIND_DOCUMENT_CHUNK: "document_chunk", memory_pb2.MEMORY_KIND_REPLY: "reply",
 }
 _KIND_VALUES = {name: value for value, name in _KINDS.items()}
 _ACTIONS = {"add": memory_pb2.FACT_ACTION_ADD, "update": memory_pb2.FACT_ACTION_UPDATE,
@@ -41,7 +42,8 @@ _ACTIONS = {"add": memory_pb2.FACT_ACTION_ADD, "update": memory_pb2.FACT_ACTION_
 
 class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     def __init__(self, embedder: BatchingEmbedder, store: VectorStore, facts: FactMemory,
-                 documents: DocumentStore, forgotten: ForgottenUsers) -> None:
+                 documents: DocumentStore, forgotten: ForgottenUsers, migration: Reembedding) -> None:
+        self._migration = migration
         self._documents = documents
         self._forgotten = forgotten
         self._embedder = embedder
@@ -53,7 +55,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     ) -> memory_pb2.EmbedResponse:
         mesh_identity(context)
         texts = _texts(list(request.texts), "texts")
-        vectors = await self._embedder.embed(texts)
+        vectors = await self._embedder.embed(texts, query=request.query)
         return memory_pb2.EmbedResponse(
             embeddings=[memory_pb2.Embedding(values=row) for row in vectors.tolist()],
             model=self._embedder.model_id, dimensions=vectors.shape[1],
@@ -77,7 +79,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         for index, r in enumerate(request.records):
             kind = _KINDS.get(r.kind)
             if kind is None:
-                raise InvalidArgument(f"records[{index}].kind", "MESSAGE, FACT or DOCUMENT_CHUNK")
+                raise InvalidArgument(f"records[{index}].kind", "MESSAGE, REPLY, FACT or DOCUMENT_CHUNK")
             created = to_milliseconds(f"records[{index}].created_at", r.created_at) if r.HasField("created_at") \
                 else None
             records.append(MemoryRecord(
@@ -197,7 +199,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         page = records[start:start + size]
         more = start + size < len(records)
         return memory_pb2.ListMemoriesResponse(records=[_record(r) for r in page],
-                                               next_page_token=str(start + size) if more else "")
+                                               next_page_token=str(start + size) if more else "",
+                                               migration=await self._migration_status(identity.tenant))
 
     async def Extract(
         self, request: memory_pb2.ExtractRequest, context: grpc.aio.ServicerContext
@@ -214,7 +217,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         changes, extractor = await self._facts.extract(Turn(
             identity.tenant, request.user_id, request.session_id, request.user_message, request.assistant_message,
             tuple(request.source_ids),
-        ))
+        ), rules_only=request.rules_only)
         return memory_pb2.ExtractResponse(
             changes=[memory_pb2.FactChange(action=_ACTIONS[c.action], fact=_record(c.fact),
                                            previous_text=c.previous_text) for c in changes],
@@ -233,19 +236,24 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
             raise NotFound(f"no history for fact {request.id} of user {request.user_id}")
         return memory_pb2.FactHistoryResponse(changes=[_history_entry(c) for c in changes])
 
+    async def _migration_status(self, tenant: str) -> memory_pb2.EmbeddingMigration:
+        status = await self._migration.status(tenant)
+        return memory_pb2.EmbeddingMigration(model=status.model, current=status.current, remaining=status.remaining,
+                                             from_models=status.from_models, running=status.running)
+
     @staticmethod
     def _kinds(values: Sequence[int]) -> list[Kind]:
         kinds = []
         for index, kind in enumerate(values):
             if kind not in _KINDS:
-                raise InvalidArgument(f"kinds[{index}]", "MESSAGE, FACT or DOCUMENT_CHUNK")
+                raise InvalidArgument(f"kinds[{index}]", "MESSAGE, REPLY, FACT or DOCUMENT_CHUNK")
             kinds.append(_KINDS[kind])
         return kinds
 
     async def _query_vector(self, request: memory_pb2.SearchRequest) -> np.ndarray:
         query = request.WhichOneof("query")
         if query == "text":
-            return (await self._embedder.embed([_text(request.text, "text")]))[0]
+            return (await self._embedder.embed([_text(request.text, "text")], query=True))[0]
         if query == "vector":
             if request.embedding_model != self._embedder.model_id:
                 raise InvalidArgument("embedding_model", f"the vector must come from {self._embedder.model_id} "

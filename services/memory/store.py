@@ -9,6 +9,8 @@ compared. pymilvus is synchronous: calls run on one worker thread, in order, off
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -107,6 +109,59 @@ class VectorStore:
         )
         hits = [Hit(MemoryRecord.from_row(r["entity"]), float(r["distance"])) for r in results[0]]
         return [h for h in hits if h.score >= min_score]
+
+    async def models(self, tenant: str) -> Counter[str]:
+        """How many of the tenant's vectors each embedding model made."""
+        if self.mirror is not None:
+            return self.mirror.models(tenant)
+        rows = await self._run(self.client.query, COLLECTION, filter=SearchFilter(tenant=tenant).expression(),
+                               output_fields=["model"], limit=16_384)
+        return Counter(r["model"] for r in rows)
+
+    async def count_made_by_others(self, model: str) -> int:
+        """How many vectors, of every tenant, another model than ``model`` made."""
+        if self.mirror is not None:
+            return self.mirror.count_made_by_others(model)
+        rows = await self._run(self.client.query, COLLECTION, filter=f"model != {json.dumps(model)}",
+                               output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    async def made_by_others(self, model: str, limit: int) -> list[MemoryRecord]:
+        """Up to ``limit`` records, of any tenant, whose vectors another model than ``model`` made; facts
+        first (what recall needs most), then messages, replies and document chunks."""
+        found: list[MemoryRecord] = []
+        for kinds in (["fact"], ["message", "reply", "document_chunk"]):
+            wanted = limit - len(found)
+            if wanted <= 0:
+                break
+            if self.mirror is not None:
+                found += self.mirror.made_by_others(model, kinds, wanted)
+                continue
+            expression = f"model != {json.dumps(model)} and kind in {json.dumps(kinds)}"
+            rows = await self._run(self.client.query, COLLECTION, filter=expression, output_fields=_FIELDS,
+                                   limit=wanted)
+            found += [MemoryRecord.from_row(r) for r in rows]
+        return found
+
+    async def replace_vectors(self, was: Sequence[MemoryRecord], now: Sequence[MemoryRecord],
+                              vectors: np.ndarray) -> int:
+        """Write ``now[i]`` with ``vectors[i]`` where the stored record is still exactly ``was[i]``: one edited,
+        deleted or rewritten since it was read is left as it is. Returns how many were written. The check
+        and the write run together on the store's one thread, so no other write of this store comes between."""
+        def check_and_write() -> list[int]:
+            ids = [r.id for r in was]
+            rows = self.client.query(COLLECTION, filter=f"id in {json.dumps(ids)}", output_fields=_FIELDS,
+                                     limit=len(ids))
+            stored = {r["id"]: MemoryRecord.from_row(r) for r in rows}
+            keep = [i for i, record in enumerate(was) if stored.get(record.id) == record]
+            if keep:
+                self.client.upsert(COLLECTION, [now[i].to_row(vectors[i]) for i in keep])
+            return keep
+
+        kept = await self._run(check_and_write)
+        if kept and self.mirror is not None:
+            self.mirror.put([now[i] for i in kept], np.asarray(vectors, dtype=np.float32)[kept])
+        return len(kept)
 
     async def get(self, where: SearchFilter, limit: int = 1000) -> list[MemoryRecord]:
         if self.mirror is not None:  # the mirror holds every record: no round trip to the Lite engine

@@ -1,4 +1,4 @@
-"""The memory service's Embed through gRPC: the local MiniLM model, batching across callers, bad input."""
+"""The memory service's Embed through gRPC: the local multilingual E5 model, batching across callers, bad input."""
 
 from __future__ import annotations
 
@@ -29,10 +29,23 @@ async def test_embeddings_are_normalised_and_put_similar_sentences_close(memory)
     reply = await _embed(memory, "The cat sits on the mat.", "A kitten is lying on the rug.",
                          "Quarterly revenue grew by five percent.")
     vectors = np.array([e.values for e in reply.embeddings])
-    assert reply.model == "all-MiniLM-L6-v2-onnx-int8" and reply.dimensions == 384 and vectors.shape == (3, 384)
+    assert reply.model == "multilingual-e5-small-q4" and reply.dimensions == 384 and vectors.shape == (3, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     similarity = vectors @ vectors.T
-    assert similarity[0, 1] > 0.4 > similarity[0, 2]
+    assert similarity[0, 1] > similarity[0, 2] + 0.05  # E5's cosines are compressed: unrelated is still ~0.75
+
+
+async def test_a_french_sentence_lands_next_to_its_english_paraphrase(memory) -> None:
+    reply = await _embed(memory, "I live in Lyon.", "J'habite à Lyon.", "Quarterly revenue grew by five percent.")
+    vectors = np.array([e.values for e in reply.embeddings])
+    assert vectors[0] @ vectors[1] > 0.9 > vectors[0] @ vectors[2]
+
+
+async def test_queries_and_passages_are_embedded_apart(memory) -> None:
+    passage = await _embed(memory, "Where do I live?")
+    query = await memory.Embed(memory_pb2.EmbedRequest(texts=["Where do I live?"], query=True),
+                               metadata=signed(MESH), timeout=10)
+    assert not np.allclose(passage.embeddings[0].values, query.embeddings[0].values, atol=1e-3)
 
 
 async def test_concurrent_callers_get_their_own_vectors_back(memory) -> None:

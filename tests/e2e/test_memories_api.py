@@ -30,7 +30,11 @@ async def test_a_user_lists_searches_edits_deletes_and_forgets_their_memories(ma
     said = await kim.client.chat("My favourite city is Kyoto and I work at Nintendo.", model_hint="instant")
     facts = await _facts_of(kim, "Kyoto")
     assert {f.text for f in facts} >= {"The user's favourite city is Kyoto.", "The user works at Nintendo."}
-    everything = await kim.client.list_memories()
+    for _ in range(100):  # the facts are stored during the turn, the chat's messages by the outbox just after
+        everything = await kim.client.list_memories()
+        if len(everything.records) > len(facts):
+            break
+        await asyncio.sleep(0.2)
     assert len(everything.records) > len(facts)  # the chat's messages are memories too
 
     hit = (await kim.client.search_memories("Which city do I love?", kinds=["fact"], top_k=1)).hits[0]
@@ -103,6 +107,10 @@ def test_the_cli_lists_and_searches_memories(stack, alice, monkeypatch: pytest.M
     assert listed.exit_code == 0 and "sencha" in listed.output
     found = runner.invoke(app, ["memories", "search", "which tea do I like"])
     assert found.exit_code == 0 and "sencha" in found.output
+    migration = runner.invoke(app, ["memories", "migration"])
+    assert migration.exit_code == 0, migration.output
+    said_back = " ".join(migration.output.split())  # the console wraps long lines
+    assert "embedding model: multilingual-e5-small-q4" in said_back and "(0 vectors left to re-embed)" in said_back
 
 
 async def test_an_admin_turns_recall_and_extraction_off_for_the_whole_tenant(make_caller) -> None:

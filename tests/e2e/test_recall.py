@@ -191,3 +191,41 @@ async def test_forgetting_a_user_drops_their_messages_still_waiting_for_memory(s
         stack, namesake.tenant, "rosa", "passport number 98ZY76543")}
 
     assert (await rosa.client.forget_user()).deleted == 0  # nothing of hers came back to forget
+
+
+@pytest.mark.parametrize(("statement", "question", "fact"), [
+    ("I live in Lyon.", "Where do I live?", "The user lives in Lyon."),
+    ("J'habite à Lyon.", "Où est-ce que j'habite ?", "L'utilisateur habite à Lyon."),
+    ("J'habite à Grenoble.", "Which city do I live in?", "L'utilisateur habite à Grenoble."),
+])
+async def test_a_fact_said_is_a_fact_known_on_the_next_turn(
+    stack, make_caller, statement: str, question: str, fact: str
+) -> None:
+    tenant = f"recall-{new_id()}"
+    user = await make_caller(tenant, "eloise")
+    said = await user.client.chat(statement, **INSTANT)
+    # Stored during the turn (memory's rules, beside the model call), not by the outbox later.
+    facts = {r.text: r for r in (await user.client.list_memories(kinds=["fact"])).records}
+    assert fact in facts and list(facts[fact].source_ids) == [said.user_message_id]
+
+    asked = await user.client.chat(question, **INSTANT)  # the next turn, in a new session
+    assert asked.session_id != said.session_id
+    route = asked.route.entries
+    assert route["memory"] == "on" and facts[fact].id in route["memories"].split(",")
+
+
+async def test_past_answers_are_kept_as_replies_and_never_recalled(stack, make_caller) -> None:
+    tenant = f"recall-{new_id()}"
+    user = await make_caller(tenant, "hugo")
+    told = await user.client.chat("My brother Anatole lives in Nantes and plays the cello.", **INSTANT)
+    await _stored(stack, tenant, "hugo", "Anatole lives in Nantes")
+    for _ in range(100):  # the answer follows the question in the same outbox batch
+        replies = (await user.client.list_memories(kinds=["reply"])).records
+        if replies:
+            break
+        await asyncio.sleep(0.2)
+    assert [r.id for r in replies] == [told.message.id] and replies[0].text.startswith("assistant: ")
+
+    later = await user.client.chat("Where does my brother Anatole live?", **INSTANT)
+    recalled = later.route.entries["memories"].split(",")
+    assert told.user_message_id in recalled and told.message.id not in recalled
