@@ -57,7 +57,7 @@ async def _old_store(path: Path) -> VectorStore:
 async def test_vectors_of_the_former_model_are_re_embedded_and_searches_never_mix_models(tmp_path: Path) -> None:
     store = await _old_store(tmp_path / "m.db")
     new = HashModel("new")
-    embedder = BatchingEmbedder(new)
+    embedder = BatchingEmbedder(new, passage_batch=2)
     migration = Reembedding(store, embedder, batch=2, rest_ratio=0)
     try:
         where = SearchFilter(tenant="acme", model="new")
@@ -120,7 +120,7 @@ async def test_an_edit_made_while_a_record_is_re_embedded_wins(tmp_path: Path) -
 
 async def test_live_requests_go_before_background_batches() -> None:
     model = HashModel("new")
-    embedder = BatchingEmbedder(model, max_batch=4)
+    embedder = BatchingEmbedder(model, max_batch=4, passage_batch=4)
     try:
         background = [asyncio.create_task(embedder.embed([f"old {i}"], background=True)) for i in range(3)]
         live = asyncio.create_task(embedder.embed(["Where do I live?"], query=True))

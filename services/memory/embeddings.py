@@ -140,6 +140,8 @@ class _Pending:
     texts: list[str]
     query: bool = False
     background: bool = False
+    done: int = 0  # texts embedded so far (passages run a few at a time)
+    vectors: list[np.ndarray] = field(default_factory=list)
     future: asyncio.Future[np.ndarray] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -168,14 +170,17 @@ class ProviderEmbeddings:
 class BatchingEmbedder:
     """Embeds for many concurrent callers at once, with a cache; one model run at a time.
 
-    A batch holds only queries or only passages (the model embeds them differently). Background texts
-    (``background=True``) run only when no other request waits, so a request waits at most for the one
-    background batch already running."""
+    A batch holds only queries or only passages (the model embeds them differently). Queries go first — a
+    search is on a chat turn's path, a write is not — and passages run ``passage_batch`` at a time, so a query
+    waits at most for one passage (on one CPU thread a batch is no faster per text than one text: raise it
+    with the model's threads).
+    Background texts (``background=True``) run only when no other request waits."""
 
     def __init__(self, model: EmbeddingModel, max_batch: int = 32, max_wait_seconds: float = 0.002,
-                 cache_size: int = 10_000) -> None:
+                 cache_size: int = 10_000, passage_batch: int = 1) -> None:
         self.model = model
         self.max_batch = max_batch
+        self.passage_batch = passage_batch
         self.max_wait_seconds = max_wait_seconds
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
@@ -226,22 +231,19 @@ class BatchingEmbedder:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name="embedding-batches")
 
-    def _next_batch(self) -> list[_Pending]:
-        """The oldest waiting requests of one kind (queries or passages), foreground before background."""
-        foreground = [p for p in self._pending if not p.background]
-        candidates = foreground or self._pending
-        first = candidates[0]
-        batch, size = [], 0
-        for p in candidates:
-            if p.query != first.query or p.background != first.background:
+    def _next_batch(self) -> tuple[list[_Pending], list[str]]:
+        """The oldest waiting queries, else passages, else background texts; a request whose texts do not all
+        fit stays first in line with the rest."""
+        first = min(self._pending, key=lambda p: (p.background, not p.query))
+        limit = self.max_batch if first.query else self.passage_batch
+        batch: list[_Pending] = []
+        texts: list[str] = []
+        for p in self._pending:
+            if p.query != first.query or p.background != first.background or len(texts) >= limit:
                 continue
-            if batch and size + len(p.texts) > self.max_batch:
-                break
             batch.append(p)
-            size += len(p.texts)
-        for p in batch:
-            self._pending.remove(p)
-        return batch
+            texts += p.texts[p.done:p.done + limit - len(texts)]
+        return batch, texts
 
     async def _run(self) -> None:
         while True:
@@ -250,12 +252,12 @@ class BatchingEmbedder:
             if sum(len(p.texts) for p in self._pending if not p.background) < self.max_batch:
                 await asyncio.sleep(self.max_wait_seconds)  # let concurrent callers join this batch
             while self._pending:
-                batch = self._next_batch()
-                texts = [t for p in batch for t in p.texts]
+                batch, texts = self._next_batch()
                 try:
                     vectors = await self.model.embed_batch(texts, batch[0].query)
                 except Exception as exc:
                     for p in batch:
+                        self._pending.remove(p)
                         if not p.future.done():
                             p.future.set_exception(exc)
                     continue
@@ -263,6 +265,11 @@ class BatchingEmbedder:
                 EMBED_TEXTS.inc(len(texts))
                 offset = 0
                 for p in batch:
-                    if not p.future.done():
-                        p.future.set_result(vectors[offset:offset + len(p.texts)])
-                    offset += len(p.texts)
+                    taken = min(len(p.texts) - p.done, len(texts) - offset)
+                    p.vectors.append(vectors[offset:offset + taken])
+                    p.done += taken
+                    offset += taken
+                    if p.done == len(p.texts):
+                        self._pending.remove(p)
+                        if not p.future.done():
+                            p.future.set_result(np.concatenate(p.vectors))
