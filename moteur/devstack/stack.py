@@ -17,7 +17,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from moteur.devstack.models import gemma3_path, smollm2_path
+from moteur.devstack.models import CHAT_MODEL, SECOND_MODEL, model_path, server_argv
 from moteur.devstack.processes import ManagedProcess, free_port, port_open
 from moteur.devstack.supervisor import Supervisor
 from moteur.runtime.identity import ADMIN_SCOPES, USER_SCOPES, Identity
@@ -36,7 +36,7 @@ class StackOptions:
     # "auto": a model extracts facts, the rules when it finds none (make run); "rules": the rules only (tests,
     # so that a test's chat turns do not queue extraction calls on the shared model server)
     fact_extractor: str = "auto"
-    second_model: bool = False  # also serve Gemma 3 270M (`make run`, tests): summaries, and the fallback
+    second_model: bool = False  # also serve the second model (`make run`, tests): extraction and the fallback
     preferred_ports: dict[str, int] = field(default_factory=dict)
     service_env: dict[str, str] = field(default_factory=dict)  # extra MOTEUR_* settings for every service
     extra_models: list[dict[str, object]] = field(default_factory=list)  # more registry entries (benchmarks)
@@ -165,11 +165,9 @@ class LocalStack:
             logs / "redis.log", ready=lambda: port_open(self.ports["redis"]),
         )
         if self.options.model_server:
-            self.processes["model"] = self._llama("model", smollm2_path(), "smollm2", [])
+            self.processes["model"] = self._llama("model", CHAT_MODEL)
         if self.options.model_server and self.options.second_model:
-            self.processes["model2"] = self._llama(
-                "model2", gemma3_path(self.data_dir / "models"), "gemma3", ["--chat_format", "vicuna"]
-            )
+            self.processes["model2"] = self._llama("model2", SECOND_MODEL)
         for service in SERVICES:
             port = self.ports[service]
             self.processes[service] = ManagedProcess(
@@ -177,13 +175,10 @@ class LocalStack:
                 env=self.service_env(service), ready=lambda port=port: _grpc_healthy(port),
             )
 
-    def _llama(self, name: str, model: Path, alias: str, extra: list[str]) -> ManagedProcess:
+    def _llama(self, name: str, model: str) -> ManagedProcess:
         port = self.ports[name]
         return ManagedProcess(
-            name,
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", *extra],
-            self.data_dir / "logs" / f"{name}.log",
+            name, server_argv(model, port), self.data_dir / "logs" / f"{name}.log",
             ready=lambda: _http_ok(f"http://127.0.0.1:{port}/v1/models"),
             ready_timeout=120,
         )
@@ -209,40 +204,47 @@ class LocalStack:
         self.models_file.write_text(yaml.safe_dump(self.models_config(), sort_keys=False))
 
     def models_config(self) -> dict[str, object]:
-        """The registry of the local models: SmolLM2 answers chat and code, Gemma 3 (a base model) is tried
-        first for summaries and is the fallback of the others; without model servers, the instant model."""
+        """The registry of the local models: the chat model (moteur.devstack.models.CHAT_MODEL, chosen by
+        ``python -m bench models``) answers chat, code and summaries; the second, smaller one is tried first for
+        extraction (it summarises French texts in English: measured) and is the fallback of the others; without
+        model servers, the instant model."""
         models: list[dict[str, object]] = []
         routes: list[dict[str, object]] = []
         local = {"provider": "openai", "context_window": 2048, "max_output_tokens": 256, "timeout_seconds": 60,
                  "max_concurrency": 2, "supports_json": True, "json_schema_style": "llamacpp"}
+        chat, second = CHAT_MODEL, SECOND_MODEL
         if self.options.model_server:
-            models.append({"name": "smollm2", "model": "smollm2", "tokenizer": f"gguf:{smollm2_path()}",
-                           "base_url": f"http://127.0.0.1:{self.ports['model']}/v1", **local})
-            # The same model offered tools, for a hint that forces one (llama.cpp follows its schema with a
-            # grammar; left to choose, the small model answers in text, so no route offers it tools).
-            models.append({"name": "smollm2-tools", "model": "smollm2", "tokenizer": f"gguf:{smollm2_path()}",
-                           "base_url": f"http://127.0.0.1:{self.ports['model']}/v1", **local,
-                           "supports_tools": True, "max_concurrency": 1})
+            served = {"model": chat, "tokenizer": f"gguf:{model_path(chat)}",
+                      "base_url": f"http://127.0.0.1:{self.ports['model']}/v1", **local}
+            models.append({"name": chat, **served})
+            # The same model offered tools, for a hint: llama.cpp follows a forced tool's schema with a grammar;
+            # left to choose, Qwen writes its calls as text, which the router reads (tool_call_text). No route
+            # offers it tools yet.
+            models.append({"name": f"{chat}-tools", **served, "supports_tools": True, "tool_call_text": "qwen",
+                           "max_concurrency": 1})
         fallback = []
         if self.options.model_server and self.options.second_model:
-            models.append({"name": "gemma3", "model": "gemma3", "stop": ["USER:"],
-                           "tokenizer": f"gguf:{gemma3_path(self.data_dir / 'models')}",
+            models.append({"name": second, "model": second, "tokenizer": f"gguf:{model_path(second)}",
                            "base_url": f"http://127.0.0.1:{self.ports['model2']}/v1", **local})
-            fallback = ["gemma3"]
-            routes.append({"name": "summarize", "request_types": ["summarize"], "candidates": ["gemma3", "smollm2"],
+            fallback = [second]
+            routes.append({"name": "extract", "request_types": ["extract"], "candidates": [second, chat],
+                           "temperature": 0.0})
+            routes.append({"name": "summarize", "request_types": ["summarize"], "candidates": [chat, second],
                            "system_prompt": "Summarize the user's text in two or three sentences.",
                            "max_output_tokens": 128, "temperature": 0.2,
                            "examples": ["Summarize this article", "Give me a short summary of the meeting notes",
                                         "TL;DR of the following text", "What are the key points of this document?",
                                         "Summarize the following text in a few sentences"]})
         if self.options.model_server:
-            routes.append({"name": "code", "request_types": ["code"], "candidates": ["smollm2", *fallback],
+            routes.append({"name": "code", "request_types": ["code"], "candidates": [chat, *fallback],
                            "system_prompt": "You are a careful programmer. Answer with code and a short note.",
                            "temperature": 0.1,
                            "examples": ["Write a Python function that reverses a list", "Fix this bug in my code",
                                         "How do I write a SQL query that joins two tables?",
                                         "Write a function in JavaScript", "Why does this code throw an exception?"]})
-            routes.append({"name": "chat", "candidates": ["smollm2", *fallback],
+            routes.append({"name": "chat", "candidates": [chat, *fallback], "temperature": 0.2,
+                           "system_prompt": "You are a helpful assistant. Answer briefly, in the language of "
+                                            "the user's message.",
                            "examples": ["Hello, how are you?", "Tell me about lighthouses",
                                         "What is the capital of France?"]})
         models.append({"name": "instant", "provider": "instant", "context_window": 8192, "max_concurrency": 64,

@@ -9,6 +9,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from moteur.client import AsyncMoteurClient, MoteurClientError
+from moteur.devstack.models import CHAT_MODEL, SECOND_MODEL
 from moteur.runtime.ids import new_id
 
 
@@ -63,7 +64,7 @@ async def test_out_of_range_max_output_tokens_is_invalid(alice) -> None:
 async def test_an_unknown_model_is_invalid_and_names_the_valid_ones(alice) -> None:
     error = await _error(alice.client.chat("hello", model_hint="gpt-17"))
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
-    valid = "gemma3, instant, paced, paced-single, priced, scripted, smollm2, "
+    valid = f"instant, paced, paced-single, priced, {SECOND_MODEL}, {CHAT_MODEL}, {CHAT_MODEL}-tools, scripted"
     assert f"unknown model 'gpt-17'; valid: {valid}" in error.message
 
 
@@ -94,7 +95,7 @@ async def test_a_user_key_cannot_act_for_another_user(alice) -> None:
 
 
 @pytest.mark.parametrize(("parts", "named"), [
-    (("model", "model2"), "smollm2:unreachable"), (("router",), "router service"),
+    (("model", "model2"), f"{CHAT_MODEL}:unreachable"), (("router",), "router service"),
 ])
 async def test_a_part_down_is_unavailable_and_the_question_is_kept(
     stack, alice, parts: tuple[str, ...], named: str

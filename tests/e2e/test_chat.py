@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from moteur.client import MoteurClientError
+from moteur.devstack.models import CHAT_MODEL
 from moteur.devstack.stack import LocalStack
 from moteur.v1 import common_pb2
 
@@ -30,7 +31,7 @@ def _metric(stack: LocalStack, service: str, name: str, **labels: str) -> float:
 async def test_chat_is_answered_by_the_real_model_and_persisted(alice) -> None:
     reply = await alice.client.chat("What is the capital of France? Answer in one word.")
 
-    assert reply.model == "smollm2"
+    assert reply.model == CHAT_MODEL
     assert reply.message.content.strip()
     assert reply.usage.input_tokens > 0 and reply.usage.output_tokens > 0
     assert reply.usage.total_tokens == reply.usage.input_tokens + reply.usage.output_tokens
@@ -84,13 +85,13 @@ async def test_streaming_delivers_deltas_then_a_final_message_with_usage(alice) 
 
 async def test_a_retried_chat_with_the_same_idempotency_key_returns_the_first_answer(stack, alice) -> None:
     first = await alice.client.chat("Name a fruit.", idempotency_key="retry-fruit-1")
-    calls_before = _metric(stack, "router", "moteur_model_calls_total", model="smollm2", outcome="ok")
+    calls_before = _metric(stack, "router", "moteur_model_calls_total", model=CHAT_MODEL, outcome="ok")
 
     again = await alice.client.chat("Name a fruit.", idempotency_key="retry-fruit-1")
 
     assert again.idempotent_replay and not first.idempotent_replay
     assert again.message.id == first.message.id and again.message.content == first.message.content
-    assert _metric(stack, "router", "moteur_model_calls_total", model="smollm2", outcome="ok") == calls_before
+    assert _metric(stack, "router", "moteur_model_calls_total", model=CHAT_MODEL, outcome="ok") == calls_before
     assert (await alice.client.get_session(first.session_id)).session.message_count == 2
 
 

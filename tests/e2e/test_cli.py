@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from moteur.cli.main import app
+from moteur.devstack.models import CHAT_MODEL, SECOND_MODEL
 
 runner = CliRunner()
 
@@ -35,12 +36,13 @@ def test_chat_streams_the_answer_and_the_session_shows_it(cli_env) -> None:
     assert gone.exit_code == 1 and "NOT_FOUND" in gone.output
 
 
-def test_models_lists_what_the_caller_may_use_and_the_routes(cli_env) -> None:
+def test_models_lists_what_the_caller_may_use_and_the_routes(cli_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # the routes' candidates on one line: model names are long
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0, result.output
-    assert "smollm2" in result.output and "healthy" in result.output
+    assert CHAT_MODEL in result.output and "healthy" in result.output
     assert "enterprise-only" not in result.output  # alice's tier may not name it
-    assert "summarize" in result.output and "gemma3 → smollm2" in result.output
+    assert "summarize" in result.output and f"{CHAT_MODEL} → {SECOND_MODEL}" in result.output
 
 
 def test_a_bad_request_prints_the_status_and_the_field(cli_env) -> None:

@@ -9,6 +9,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from moteur.client import AsyncMoteurClient, MoteurClientError
+from moteur.devstack.models import CHAT_MODEL
 from moteur.runtime.ids import new_id
 from moteur.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -283,10 +284,10 @@ async def test_usage_is_reported_per_model_and_a_user_key_sees_only_its_own(make
     service = await make_caller(tenant, "")
     ada, bob = await make_caller(tenant, "ada"), await make_caller(tenant, "bob")
     answers = [await ada.client.chat("hi", model_hint="instant") for _ in range(2)]
-    answers.append(await bob.client.chat("hello"))  # smollm2
+    answers.append(await bob.client.chat("hello"))  # the default local model
 
     by_model = await service.client.get_usage(group_by="model")
-    assert {r.group: r.requests for r in by_model.rows} == {"instant": 2, "smollm2": 1}
+    assert {r.group: r.requests for r in by_model.rows} == {"instant": 2, CHAT_MODEL: 1}
     assert by_model.total.total_tokens == sum(a.usage.total_tokens for a in answers)
     by_user = await service.client.get_usage(group_by="user")
     assert {r.group: r.requests for r in by_user.rows} == {"ada": 2, "bob": 1}

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from moteur.client import MoteurClientError
+from moteur.devstack.models import CHAT_MODEL, SECOND_MODEL
 from moteur.devstack.processes import free_port
 from moteur.devstack.stack import LocalStack
 from moteur.runtime.identity import Identity
@@ -29,18 +30,18 @@ async def _list_models(stack: LocalStack) -> router_pb2.ListModelsResponse:
 async def test_list_models_shows_the_registry_with_live_state_routes_and_capacity(stack) -> None:
     listed = await _list_models(stack)
     models = {m.name: m for m in listed.models}
-    assert {"smollm2", "gemma3", "instant", "paced"} <= set(models)
-    assert models["smollm2"].health == router_pb2.MODEL_HEALTH_HEALTHY
-    assert models["smollm2"].max_concurrency == 2 and models["smollm2"].context_window == 2048
-    assert [r.name for r in listed.routes] == ["summarize", "code", "chat"]
-    assert listed.routes[0].request_types == [common_pb2.REQUEST_TYPE_SUMMARIZE]
+    assert {CHAT_MODEL, SECOND_MODEL, "instant", "paced"} <= set(models)
+    assert models[CHAT_MODEL].health == router_pb2.MODEL_HEALTH_HEALTHY
+    assert models[CHAT_MODEL].max_concurrency == 2 and models[CHAT_MODEL].context_window == 2048
+    assert [r.name for r in listed.routes] == ["extract", "summarize", "code", "chat"]
+    assert listed.routes[1].request_types == [common_pb2.REQUEST_TYPE_SUMMARIZE]
     assert listed.dispatch_capacity["summarize"] == 4 and listed.dispatch_capacity["model:paced-single"] == 1
-    assert listed.default_model == "smollm2" and len(listed.revision) == 12
+    assert listed.default_model == CHAT_MODEL and len(listed.revision) == 12
 
 
 async def test_the_gateway_lists_only_the_models_a_tier_may_name_and_refuses_the_others(alice) -> None:
     listed = await alice.client.list_models()
-    assert "smollm2" in {m.name for m in listed.models} and "enterprise-only" not in {m.name for m in listed.models}
+    assert CHAT_MODEL in {m.name for m in listed.models} and "enterprise-only" not in {m.name for m in listed.models}
     assert not listed.dispatch_capacity  # internal
     with pytest.raises(MoteurClientError) as refused:
         await alice.client.chat("hi", model_hint="enterprise-only")
@@ -51,12 +52,15 @@ async def test_the_gateway_lists_only_the_models_a_tier_may_name_and_refuses_the
 async def test_request_types_route_between_the_two_real_models(alice) -> None:
     text = "The lighthouse keeper climbed the stairs every night to light the lamp for the ships."
     summary = await alice.client.chat(f"Summarize: {text}", request_type="summarize", max_output_tokens=48)
-    assert summary.message.model == "gemma3" and summary.message.content.strip()
+    assert summary.message.model == CHAT_MODEL and summary.message.content.strip()
     assert summary.route.entries["route"] == "summarize"
     assert summary.route.entries["route_decision"] == "request_type"
 
     chat = await alice.client.chat("Say hello.", request_type="chat", max_output_tokens=16)
-    assert chat.message.model == "smollm2" and chat.route.entries["route"] == "chat"
+    assert chat.message.model == CHAT_MODEL and chat.route.entries["route"] == "chat"
+
+    extract = await alice.client.chat("My name is Ada.", request_type="extract", max_output_tokens=16)
+    assert extract.message.model == SECOND_MODEL and extract.route.entries["route"] == "extract"
 
 
 async def test_a_request_without_a_type_is_classified_by_its_nearest_route_examples(alice) -> None:
@@ -71,7 +75,7 @@ async def test_a_request_without_a_type_is_classified_by_its_nearest_route_examp
         await asyncio.sleep(1)
     assert (route["route"], route["route_decision"], route["classified_as"]) == ("summarize", "classifier",
                                                                                  "summarize")
-    assert 0.5 <= float(route["route_score"]) <= 1.0 and reply.message.model == "gemma3"
+    assert 0.5 <= float(route["route_score"]) <= 1.0 and reply.message.model == CHAT_MODEL
 
     code = await alice.client.chat("Write a function in Go to sort numbers", max_output_tokens=32)
     assert (code.route.entries["route"], code.route.entries["classified_as"]) == ("code", "code")
@@ -150,11 +154,11 @@ async def test_a_named_model_that_is_down_fails_naming_it_unless_the_caller_allo
         assert "set allow_model_substitution" in refused.value.message
 
         reply = await alice.client.chat("Say hello.", model_hint="gone", allow_model_substitution=True, **quiet)
-        assert reply.model in {"smollm2", "gemma3"} and reply.message.model == reply.model  # said, not hidden
+        assert reply.model in {CHAT_MODEL, SECOND_MODEL} and reply.message.model == reply.model  # said, not hidden
 
         events = [e async for e in alice.client.chat_stream("Say hello.", model_hint="gone",
                                                             allow_model_substitution=True, **quiet)]
-        assert events[-1].final.model in {"smollm2", "gemma3"}
+        assert events[-1].final.model in {CHAT_MODEL, SECOND_MODEL}
     finally:
         stack.models_file.write_text(original)
         await _wait_for(stack, lambda listed: listed.revision == before.revision)

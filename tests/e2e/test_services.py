@@ -9,6 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from moteur.devstack.models import CHAT_MODEL
 from moteur.devstack.stack import SERVICES
 from moteur.runtime.identity import Identity
 from moteur.v1 import router_pb2, router_pb2_grpc
@@ -46,8 +47,8 @@ async def test_the_router_lists_its_models(stack) -> None:
         models = await router_pb2_grpc.RouterStub(channel).ListModels(
             router_pb2.ListModelsRequest(), metadata=signed(MESH_IDENTITY), timeout=5
         )
-    assert models.default_model == "smollm2"
-    assert {"smollm2", "instant"} <= {m.name for m in models.models}
+    assert models.default_model == CHAT_MODEL
+    assert {CHAT_MODEL, "instant"} <= {m.name for m in models.models}
 
 
 async def test_internal_services_refuse_calls_without_the_gateways_identity(stack) -> None:

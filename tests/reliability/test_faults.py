@@ -19,6 +19,7 @@ import pytest
 from reliability_kit import CLEAR_FAILURES, Keys, eventually
 
 from moteur.client import AsyncMoteurClient, MoteurClientError
+from moteur.devstack.models import CHAT_MODEL
 from moteur.devstack.processes import ManagedProcess
 from moteur.devstack.stack import LocalStack, StackOptions
 from moteur.devstack.supervisor import Backoff
@@ -273,7 +274,7 @@ async def test_the_mesh_survives_a_kill_of_every_part_under_load(fault_stack: Lo
                 stack.processes[component].kill()
             await asyncio.to_thread(_back_by_itself, stack.processes[component])
             ready = time.monotonic()
-            recover = await _first_answer(probe, "smollm2" if component == "model" else "instant")
+            recover = await _first_answer(probe, CHAT_MODEL if component == "model" else "instant")
             recoveries.append(Recovery(component, ready - killed, recover))
             if component == "redis":
                 await _after_redis(limits, notes)
