@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from moteur.client import MoteurClientError
-from moteur.devstack.models import CHAT_MODEL
+from moteur.devstack.models import CHAT_MODEL, SECOND_MODEL
 from moteur.devstack.stack import LocalStack
 from moteur.v1 import common_pb2
 
@@ -46,8 +46,9 @@ async def test_chat_is_answered_by_the_real_model_and_persisted(alice) -> None:
 
 
 async def test_second_turn_sends_the_first_turn_as_history(alice) -> None:
-    first = await alice.client.chat("My favourite colour is teal. Say OK.")
-    second = await alice.client.chat("What is my favourite colour?", session_id=first.session_id)
+    # No recall: memories of alice's earlier tests would lengthen one prompt and not the other.
+    first = await alice.client.chat("My favourite colour is teal. Say OK.", use_memory=False)
+    second = await alice.client.chat("What is my favourite colour?", session_id=first.session_id, use_memory=False)
 
     # The model's own tokenizer counted the prompt: the second prompt holds the first question and answer.
     assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
@@ -58,11 +59,13 @@ async def test_second_turn_sends_the_first_turn_as_history(alice) -> None:
 
 
 async def test_history_is_windowed_to_the_model_context(alice) -> None:
-    # SmolLM2 here has a 2,048-token context; three ~900-token messages cannot all fit.
+    # The second local model has a 2,048-token context; three ~900-token messages cannot all fit. (It reads
+    # a prompt about three times faster than the default model: each turn stays well within its deadline.)
     filler = "The quick brown fox jumps over the lazy dog. " * 80  # 3,600 characters
-    reply = await alice.client.chat(filler + "Say A.", max_output_tokens=16)
+    hinted = {"model_hint": SECOND_MODEL, "max_output_tokens": 16}
+    reply = await alice.client.chat(filler + "Say A.", **hinted)
     for letter in "BC":
-        reply = await alice.client.chat(filler + f"Say {letter}.", session_id=reply.session_id, max_output_tokens=16)
+        reply = await alice.client.chat(filler + f"Say {letter}.", session_id=reply.session_id, **hinted)
 
     assert int(reply.route.entries["dropped_messages"]) >= 1
     assert reply.usage.input_tokens < 2048
