@@ -23,6 +23,13 @@ async def _limited_user(make_caller, tier: str = "standard", **limits: int):  # 
     return await make_caller(tenant, "u1", tier=tier)
 
 
+async def _hi_tokens(make_caller) -> int:  # type: ignore[no-untyped-def]
+    """What a first "hi" turn on the instant model costs a fresh user (the chat route's system prompt counts),
+    so that quotas below are set in turns, not in numbers that change with the prompt."""
+    probe = await _limited_user(make_caller)
+    return (await probe.client.chat("hi", model_hint="instant", max_output_tokens=8)).usage.total_tokens
+
+
 async def _refusal(call) -> MoteurClientError:  # type: ignore[no-untyped-def]
     with pytest.raises(MoteurClientError) as caught:
         await call
@@ -197,7 +204,7 @@ async def test_a_failed_call_releases_its_slot(stack, make_caller) -> None:
 
 
 async def test_quota_thresholds_fire_one_alert_each_then_the_quota_refuses(make_caller) -> None:
-    user = await _limited_user(make_caller, tokens_per_day=20)
+    user = await _limited_user(make_caller, tokens_per_day=2 * await _hi_tokens(make_caller))  # two turns
     await user.client.chat("hi", model_hint="instant", max_output_tokens=8)
     second = await user.client.chat("hi", model_hint="instant", max_output_tokens=8)
     assert second.usage.total_tokens > 0
@@ -324,7 +331,7 @@ async def test_quota_alerts_are_posted_to_the_configured_webhook(stack, make_cal
     )
     process.start()
     try:
-        user = await _limited_user(make_caller, tokens_per_day=20)
+        user = await _limited_user(make_caller, tokens_per_day=2 * await _hi_tokens(make_caller))
         async with AsyncMoteurClient(address, user.key) as client:
             for _ in range(2):
                 await client.chat("hi", model_hint="instant", max_output_tokens=8)
@@ -340,9 +347,10 @@ async def test_quota_alerts_are_posted_to_the_configured_webhook(stack, make_cal
 
 
 async def test_a_quota_that_refuses_before_it_is_crossed_still_raises_its_100_percent_alert(make_caller) -> None:
-    user = await _limited_user(make_caller, tokens_per_day=30)
-    await user.client.chat("hi", model_hint="instant", max_output_tokens=8)  # well under 80 %
-    error = await _refusal(user.client.chat("hi", model_hint="instant", max_output_tokens=25))  # would exceed
+    quota = int(await _hi_tokens(make_caller) / 0.7) + 1
+    user = await _limited_user(make_caller, tokens_per_day=quota)
+    await user.client.chat("hi", model_hint="instant", max_output_tokens=8)  # about 70 %: under 80 %
+    error = await _refusal(user.client.chat("hi", model_hint="instant", max_output_tokens=quota))  # would exceed
     assert "tokens_per_day" in error.message
     assert [a.threshold_percent for a in (await user.client.list_alerts()).alerts] == [100]
 
