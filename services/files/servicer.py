@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,6 +23,21 @@ from moteur.v1 import common_pb2, files_pb2, files_pb2_grpc
 DEFAULT_PAGE, MAX_PAGE = 20, 100
 
 
+# Characters XML 1.0 cannot hold (DOCX, XLSX and HTML are XML or near it): dropped from what is rendered, as
+# they carry nothing a reader could see.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return _NOT_XML.sub("", value)
+    if isinstance(value, dict):
+        return {_NOT_XML.sub("", str(k)): _xml_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_xml_safe(v) for v in value]
+    return value
+
+
 class FilesServicer(files_pb2_grpc.FilesServicer):
     def __init__(self, files: FileService, ask_model_for: Callable[[Identity], AskModel] | None) -> None:
         self._files = files
@@ -30,9 +46,9 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
     async def Render(self, request: files_pb2.RenderRequest, context: grpc.aio.ServicerContext) -> files_pb2.FileInfo:
         identity = mesh_identity(context)
         owner = _owner(identity, request.user_id, request.session_id)
-        data = _data(request) if request.HasField("data") else {}
-        render = RenderInput(_format(request.format, "format"), request.template, request.markdown, data,
-                             request.name, request.title)
+        data = _xml_safe(_data(request)) if request.HasField("data") else {}
+        render = RenderInput(_format(request.format, "format"), request.template, _xml_safe(request.markdown), data,
+                             _xml_safe(request.name), _xml_safe(request.title))
         ask = self._ask_model_for(identity) if self._ask_model_for else None
         return _info(await self._files.render(owner, render, ask))
 

@@ -205,7 +205,13 @@ class BatchingEmbedder:
             self._pending.append(pending)
             self._ensure_worker()
             self._wake.set()
-            computed = await pending.future
+            try:
+                computed = await pending.future
+            except asyncio.CancelledError:
+                # The caller has gone (its deadline passed): what it still waited for is not embedded, so
+                # an abandoned large request cannot hold back every later one.
+                self._discard(pending)
+                raise
             for row, i in enumerate(missing):
                 vectors[i] = computed[row]
                 if not background:  # a re-embedded store would only push live texts out of the cache
@@ -245,6 +251,10 @@ class BatchingEmbedder:
             texts += p.texts[p.done:p.done + limit - len(texts)]
         return batch, texts
 
+    def _discard(self, pending: _Pending) -> None:
+        if pending in self._pending:
+            self._pending.remove(pending)
+
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
@@ -257,7 +267,7 @@ class BatchingEmbedder:
                     vectors = await self.model.embed_batch(texts, batch[0].query)
                 except Exception as exc:
                     for p in batch:
-                        self._pending.remove(p)
+                        self._discard(p)
                         if not p.future.done():
                             p.future.set_exception(exc)
                     continue
@@ -270,6 +280,6 @@ class BatchingEmbedder:
                     p.done += taken
                     offset += taken
                     if p.done == len(p.texts):
-                        self._pending.remove(p)
+                        self._discard(p)
                         if not p.future.done():
                             p.future.set_result(np.concatenate(p.vectors))
