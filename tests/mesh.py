@@ -7,9 +7,7 @@ identities of many tests are module constants built before any fixture runs.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from moteur.runtime.identity import ADMIN_SCOPES, USER_SCOPES, Identity
+from moteur.runtime.identity import Identity
 from moteur.runtime.mesh_tokens import MeshTokenIssuer
 
 _issuer: list[MeshTokenIssuer] = []
@@ -20,9 +18,7 @@ def use(issuer: MeshTokenIssuer) -> None:
 
 
 def signed(identity: Identity, seconds: float | None = None) -> list[tuple[str, str]]:
-    """The metadata of a call to an internal service as ``identity`` (an admin gets the admin scopes)."""
+    """The metadata of a call to an internal service as ``identity``."""
     if not _issuer:
         raise RuntimeError("no mesh signing key: start the test stack (the `stack` fixture) first")
-    if identity.admin and identity.scopes == USER_SCOPES:
-        identity = replace(identity, scopes=ADMIN_SCOPES)
     return _issuer[0].sign(identity, seconds=seconds).as_metadata()

@@ -10,7 +10,7 @@ import shutil
 import sys
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from moteur.devstack.models import CHAT_MODEL, SECOND_MODEL, model_path, server_argv
 from moteur.devstack.processes import ManagedProcess, free_port, port_open
 from moteur.devstack.supervisor import Supervisor
-from moteur.runtime.identity import ADMIN_SCOPES, USER_SCOPES, Identity
+from moteur.runtime.identity import Identity
 from moteur.runtime.mesh_tokens import GATEWAY_ISSUER, MeshTokenIssuer, write_key_pair
 
 DEFAULT_DATA_DIR = Path(".data")
@@ -109,9 +109,7 @@ class LocalStack:
 
     def mesh_metadata(self, identity: Identity) -> list[tuple[str, str]]:
         """Metadata for a direct call to an internal service as ``identity`` (tests, benchmarks): the mesh token
-        the gateway would sign for that caller (admin identities get the admin scopes)."""
-        if identity.admin and identity.scopes == USER_SCOPES:
-            identity = replace(identity, scopes=ADMIN_SCOPES)
+        the gateway would sign for that caller."""
         return self.mesh_issuer().sign(identity).as_metadata()
 
     def service_env(self, service: str) -> dict[str, str]:

@@ -43,12 +43,17 @@ class Identity:
     tier: str
     key_id: str = ""
     admin: bool = False  # may change its tenant's limits and templates
-    scopes: frozenset[str] = USER_SCOPES
+    # None: what a user's call holds, with templates.write for an admin (the gateway's callers)
+    scopes: frozenset[str] = None  # type: ignore[assignment]
     request_id: str = ""
     # The signed mesh token that proves all of the above to the other services; forwarded unchanged when a
     # service calls another on this identity's behalf. Empty until the gateway (or a service, for its own
     # background work) signs it.
     token: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.scopes is None:
+            object.__setattr__(self, "scopes", ADMIN_SCOPES if self.admin else USER_SCOPES)
 
     def as_metadata(self) -> list[tuple[str, str]]:
         """The metadata that carries this identity on a call to another service: its token, nothing else."""

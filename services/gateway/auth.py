@@ -21,7 +21,7 @@ import grpc
 from pymongo.asynchronous.database import AsyncDatabase
 
 from moteur.runtime.errors import InvalidArgument, Unauthenticated
-from moteur.runtime.identity import ADMIN_SCOPES, USER_SCOPES, Identity, identity_var, metadata_value
+from moteur.runtime.identity import Identity, identity_var, metadata_value
 from moteur.runtime.ids import new_id
 from moteur.runtime.mesh_tokens import MeshTokenIssuer
 from moteur.runtime.mongo import insert_new
@@ -42,8 +42,7 @@ class ApiKey:
 
     @property
     def identity(self) -> Identity:
-        return Identity(tenant=self.tenant, user=self.user, tier=self.tier, key_id=self.key_id, admin=self.admin,
-                        scopes=ADMIN_SCOPES if self.admin else USER_SCOPES)
+        return Identity(tenant=self.tenant, user=self.user, tier=self.tier, key_id=self.key_id, admin=self.admin)
 
 
 def hash_key(plaintext: str) -> str:
