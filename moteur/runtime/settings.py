@@ -211,16 +211,19 @@ class GatewaySettings(MoteurSettings):
     )
     recall_top_k: int = Field(8, gt=0, le=100, description="Memories asked for per chat turn (recall).")
     recall_min_score: float = Field(
-        0.815, ge=-1, le=1, description="Least cosine similarity of a recalled memory (calibrated for the default "
-        "embedding model on evals/recall.yaml: python -m bench memory)."
+        0.845, ge=-1, le=1, description="Least rank score (cosine plus bonuses) of a recalled memory (calibrated "
+        "for the default embedding model on evals/recall.yaml: python -m bench memory)."
     )
     recall_margin: float = Field(
         0.0, ge=0, le=2, description="A recalled memory scores at most this much below the best one (calibrated "
         "with recall_min_score)."
     )
     recall_fact_bonus: float = Field(
-        0.03, ge=0, le=1, description="Added to a fact's cosine to rank it: a question sits nearer to other "
-        "questions than to the statement that answers it (calibrated with recall_min_score)."
+        0.03, ge=0, le=1, description="Added to a fact's cosine to rank it (calibrated with recall_min_score)."
+    )
+    recall_word_bonus: float = Field(
+        0.03, ge=0, le=1, description="Added to a memory's cosine when it shares a content word with the question "
+        "(English and French stems; calibrated with recall_min_score)."
     )
     recall_kinds: list[Literal["fact", "message", "reply", "document_chunk"]] = Field(
         default_factory=lambda: ["fact", "message"], description="What recall searches: the user's facts and own "

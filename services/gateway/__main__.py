@@ -72,7 +72,7 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
         mongo, sessions, usage, idempotency, router, mesh.call_timeout_seconds, on_registry=pools.observe,
         recall=Recall(memory, settings.recall_top_k, settings.recall_min_score, settings.recall_token_budget,
                       settings.recall_timeout_seconds, settings.recall_margin, settings.recall_kinds,
-                      settings.recall_fact_bonus),
+                      settings.recall_fact_bonus, settings.recall_word_bonus),
         outbox=outbox, tenants=tenants, toolbox=toolbox, settings=settings,
         files=FileRenderer(files, mesh.call_timeout_seconds),
     )

@@ -2,11 +2,12 @@
 
 One ``Memory.Search`` per turn (the user's facts and own past messages, nearest first — never the
 assistant's past answers unless ``kinds`` asks for replies: an old wrong answer recalled is repeated), run
-beside the session read. A memory is kept when it scores at least ``min_score`` and at most ``margin``
-below the best one (both calibrated on ``evals/recall.yaml``, see ``python -m bench memory``). What the
-session's own history already holds is left out; the rest goes into one system message, marked as memory,
-until the token budget is spent. Recall is a refinement: when memory is slow or down the turn goes on
-without it and says so (``memory: unavailable`` in the route metadata).
+beside the session read. Memories are ranked by their cosine, lifted for facts and for words shared with the
+question, and kept from ``min_score`` up, at most ``margin`` below the best one (all calibrated on
+``evals/recall.yaml``, see ``python -m bench memory``). What the session's own history already holds is left
+out; the rest goes into one system message, marked as memory, until the token budget is spent. Recall is a
+refinement: when memory is slow or down the turn goes on without it and says so (``memory: unavailable`` in
+the route metadata).
 
 :meth:`Recall.learn` is the fast path of fact extraction: during the turn, beside the model call, memory
 reads the user's message with its rules (no model) and stores what it states, so a fact said is a fact
@@ -23,6 +24,7 @@ import grpc
 import structlog
 
 from moteur.gateway.metrics import RECALLS
+from moteur.gateway.wording import content_stems, speaks_of_user
 from moteur.runtime.channels import mesh_metadata
 from moteur.runtime.identity import Identity
 from moteur.runtime.memory_limits import MAX_TEXT_CHARS
@@ -64,30 +66,32 @@ class Choice:
     """Which memories go into the prompt, from what memory found (calibrated on ``evals/recall.yaml``).
 
     - the assistant's past answers are left out unless ``replies`` (an old wrong answer recalled is repeated),
-      and so are the user's past questions (a message ending with "?"): they hold no answer, yet a question
-      asked again is their nearest neighbour;
-    - a fact ranks ``fact_bonus`` above its cosine: facts are what is known of the user, and E5 puts a
-      question nearer to other questions and requests than to the statement that answers it;
-    - a memory is kept when its rank score is at least ``min_score`` and at most ``margin`` below the best —
-      E5's cosines are compressed, so the distance to the best says more than the score alone."""
+      and so are the user's past questions and requests — a message must state something in the first person
+      (wording.py): a request holds no answer, yet a request made again is its nearest neighbour;
+    - a memory ranks ``fact_bonus`` above its cosine when it is a fact, and ``word_bonus`` above when it shares
+      a content word with the question (E5's cosines are compressed: a question sits about as near to other
+      questions as to the statement that answers it, and plain shared words break the tie);
+    - a memory is kept when its rank score is at least ``min_score`` and at most ``margin`` below the best."""
 
     min_score: float
     margin: float = 1.0
     fact_bonus: float = 0.0
     replies: bool = False
+    word_bonus: float = 0.0
 
-    def rank(self, kind: str, text: str) -> float | None:
+    def rank(self, question: str, kind: str, text: str) -> float | None:
         """What is added to a memory's cosine to rank it, or None when it is left out."""
         if not self.replies and (kind == "reply" or text.startswith("assistant: ")):
             return None
-        if kind == "message" and text.rstrip().endswith("?"):
+        if kind == "message" and (text.rstrip().endswith("?") or not speaks_of_user(text)):
             return None
-        return self.fact_bonus if kind == "fact" else 0.0
+        shared = self.word_bonus if self.word_bonus and content_stems(question) & content_stems(text) else 0.0
+        return shared + (self.fact_bonus if kind == "fact" else 0.0)
 
-    def choose(self, found: Sequence[tuple[str, str, float]]) -> list[tuple[int, float]]:
+    def choose(self, question: str, found: Sequence[tuple[str, str, float]]) -> list[tuple[int, float]]:
         """(index, rank score) of the memories to use, best first, among ``found``: (kind, text, cosine)."""
         ranked = sorted(((i, score + bonus) for i, (kind, text, score) in enumerate(found)
-                         if (bonus := self.rank(kind, text)) is not None), key=lambda pair: -pair[1])
+                         if (bonus := self.rank(question, kind, text)) is not None), key=lambda pair: -pair[1])
         if not ranked:
             return []
         floor = max(self.min_score, ranked[0][1] - self.margin)
@@ -97,11 +101,12 @@ class Choice:
 class Recall:
     def __init__(self, memory: memory_pb2_grpc.MemoryStub, top_k: int = 8, min_score: float = 0.35,
                  token_budget: int = 256, timeout_seconds: float = 1.0, margin: float = 1.0,
-                 kinds: Sequence[str] = ("fact", "message"), fact_bonus: float = 0.0) -> None:
+                 kinds: Sequence[str] = ("fact", "message"), fact_bonus: float = 0.0,
+                 word_bonus: float = 0.0) -> None:
         self._memory = memory
         self._top_k = top_k
         self._kinds = [KINDS[k] for k in kinds]
-        self.choice = Choice(min_score, margin, fact_bonus, replies="reply" in kinds)
+        self.choice = Choice(min_score, margin, fact_bonus, replies="reply" in kinds, word_bonus=word_bonus)
         self._token_budget = token_budget
         self._timeout = timeout_seconds
         self._learning: set[asyncio.Task[None]] = set()
@@ -127,7 +132,8 @@ class Recall:
         request = memory_pb2.SearchRequest(
             # Twice as many as used: a fact's bonus may lift it above messages memory ranked first.
             text=question[:MAX_TEXT_CHARS], user_id=user, top_k=min(100, self._top_k * 2),
-            min_score=max(-1.0, self.choice.min_score - self.choice.fact_bonus), kinds=self._kinds,
+            min_score=max(-1.0, self.choice.min_score - self.choice.fact_bonus - self.choice.word_bonus),
+            kinds=self._kinds,
         )
         try:
             found = await self._memory.Search(request, metadata=mesh_metadata(identity), timeout=self._timeout)
@@ -139,7 +145,8 @@ class Recall:
         fact, message = memory_pb2.MEMORY_KIND_FACT, memory_pb2.MEMORY_KIND_MESSAGE
         represented = {s for h in found.hits if h.record.kind == fact for s in h.record.source_ids}
         hits = [h for h in found.hits if h.record.kind != message or h.record.id not in represented]
-        chosen = self.choice.choose([(_kind(h.record.kind), h.record.text, h.score) for h in hits])[:self._top_k]
+        chosen = self.choice.choose(question, [(_kind(h.record.kind), h.record.text, h.score)
+                                               for h in hits])[:self._top_k]
         memories = tuple(Recalled(hits[i].record.id, _kind(hits[i].record.kind), hits[i].record.text, hits[i].score,
                                   tuple(hits[i].record.source_ids)) for i, _ in chosen)
         RECALLS.labels("on").inc()
