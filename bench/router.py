@@ -4,6 +4,12 @@ floors: a bare grpc.aio echo (any gRPC hop here) and a bare grpc.aio server whos
 same ChatOpenAI (any gRPC front of that client); where the added time goes at concurrency 1, from the
 router's own metrics; then the time a fallback costs when the first candidate fails.
 
+First, the route classifier's calibration (in-process, a few seconds): the requests of ``evals/routes.yaml``
+classified by the router's RouteTable with the routes of config/models.yaml and the memory service's default
+model (multilingual-e5-small 4-bit, called directly): accuracy per language at classifier_min_score, a
+trade-off over thresholds, and the same set with the other E5 prefix and with the former classifier (raw
+cosine to the nearest example, as passages) for comparison.
+
 The endpoint is the fault server (moteur.devstack.faults) in its own process, answering at once, so
 that the figures are the router's own cost and not a model's. The paths run in alternating rounds
 (echo, direct, bare front, routed, echo, …) so that a machine that slows down during the run slows all alike: the
@@ -19,9 +25,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+import numpy as np
 import openai
 import yaml
 from langchain_openai import ChatOpenAI
@@ -31,6 +39,10 @@ from bench.chat_path import _drive
 from bench.echo_server import METHOD
 from bench.stats import Figures
 from moteur.devstack.processes import ManagedProcess, free_port, port_open
+from moteur.memory.embeddings import E5Embeddings
+from moteur.router.registry import ModelsConfig, load_models
+from moteur.router.routes import EMBED_AS_QUERY, RouteQuery, RouteTable, instruction_of
+from moteur.router.windowing import estimate_tokens
 from moteur.runtime.identity import Identity
 from moteur.runtime.mesh_tokens import GATEWAY_ISSUER, MeshTokenIssuer, write_key_pair
 from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -41,6 +53,121 @@ ROUNDS = 4  # each point is measured in ROUNDS alternating slices of SECONDS_PER
 PATHS = ("echo", "direct", "front", "router")
 Latencies = tuple[list[float], float]
 PAYLOAD = "What is the capital of France? Answer in one word."
+
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUTES_EVAL = ROOT / "evals" / "routes.yaml"
+MODELS_FILE = ROOT / "config" / "models.yaml"
+THRESHOLDS = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.40)
+LANGUAGES = ("en", "fr", "all")
+# (language, expected route, route chosen with no threshold, its score, default route, text)
+Classified = tuple[str, str, str, float, str, str]
+
+
+def _query(text: str) -> RouteQuery:
+    return RouteQuery("", "standard", estimate_tokens(text), False, False, text)
+
+
+def _classify(config: ModelsConfig, model: E5Embeddings, as_query: bool,
+              items: list[dict[str, str]]) -> list[Classified]:
+    """Each request through RouteTable with no floor: the route it would take and its score."""
+    async def embed(texts: Sequence[str]) -> list[list[float]]:
+        return model.embed_array(list(texts), as_query).tolist()
+
+    async def run() -> list[Classified]:
+        table = RouteTable(config.model_copy(update={"classifier_min_score": -1.0}), embed)
+        out = []
+        for item in items:
+            query = _query(item["text"])
+            default = table.for_type(query, "").name
+            decision = await table.decide(query)
+            expected = default if item["route"] == "none" else item["route"]
+            out.append((item["lang"], expected, decision.route.name, decision.score, default, item["text"]))
+        return out
+
+    return asyncio.run(run())
+
+
+def _nearest_example(config: ModelsConfig, model: E5Embeddings, items: list[dict[str, str]]) -> list[Classified]:
+    """The former classifier: the raw cosine to the nearest example, of any route, all embedded as passages
+    (the router's EmbedRequest left ``query`` unset)."""
+    routes = [r for r in config.all_routes() if r.examples]
+    names = [r.name for r in routes for _ in r.examples]
+    examples = model.embed_array([e for r in routes for e in r.examples])
+    asked = model.embed_array([instruction_of(i["text"]) for i in items])
+    out = []
+    for item, scores in zip(items, asked @ examples.T, strict=True):
+        default = RouteTable(config).for_type(_query(item["text"]), "").name
+        expected = default if item["route"] == "none" else item["route"]
+        best = int(np.argmax(scores))
+        out.append((item["lang"], expected, names[best], float(scores[best]), default, item["text"]))
+    return out
+
+
+def _accuracy(classified: list[Classified], threshold: float, language: str = "all") -> tuple[float, int]:
+    subset = [c for c in classified if language in ("all", c[0])]
+    right = sum((route if score >= threshold else default) == expected
+                for _, expected, route, score, default, _ in subset)
+    return right / len(subset), len(subset)
+
+
+def _best(classified: list[Classified], thresholds: Sequence[float]) -> tuple[float, float]:
+    accuracy, threshold = max((_accuracy(classified, t)[0], -t) for t in thresholds)
+    return -threshold, accuracy
+
+
+def classifier_calibration() -> dict[str, float]:
+    """Prints the classifier's accuracy on evals/routes.yaml; returns it per language at the configured floor."""
+    config, _ = load_models(MODELS_FILE)
+    items = yaml.safe_load(ROUTES_EVAL.read_text())["items"]
+    model = E5Embeddings()
+    started = time.perf_counter()
+    shipped = _classify(config, model, EMBED_AS_QUERY, items)
+    floor = config.classifier_min_score
+    prefix = "query" if EMBED_AS_QUERY else "passage"
+    print(f"route classifier on {ROUTES_EVAL.name} ({len(items)} requests, {model.model_id}, \"{prefix}: \" prefix "
+          f"for examples and requests, centred route centroids), classifier_min_score {floor} "
+          f"({MODELS_FILE.parent.name}/{MODELS_FILE.name}):")
+    figures = {}
+    for language in LANGUAGES:
+        accuracy, count = _accuracy(shipped, floor, language)
+        figures[language] = accuracy
+        per_route = []
+        for label in ("summarize", "code", "chat", "none"):
+            rows = [c for c, item in zip(shipped, items, strict=True)
+                    if item["route"] == label and language in ("all", c[0])]
+            right = sum((r if s >= floor else d) == e for _, e, r, s, d, _ in rows)
+            per_route.append(f"{label} {right}/{len(rows)}")
+        print(f"  {language:>3} ({count}): accuracy {accuracy:.2f}  ({', '.join(per_route)}; none: to the default)")
+    for language, expected, route, score, default, text in shipped:
+        taken = route if score >= floor else default
+        if taken != expected:
+            head = instruction_of(text)
+            print(f"    missed [{language}] {head[:60]!r}: {taken} (nearest {route}, {score:.3f}), expected {expected}")
+    print("  trade-off (classifier_min_score -> accuracy en / fr / all; specialised requests left to the default; "
+          "others sent to a specialised route):")
+    for threshold in THRESHOLDS:
+        en, fr, both = (_accuracy(shipped, threshold, language)[0] for language in LANGUAGES)
+        lost = sum(score < threshold and expected != default for _, expected, _, score, default, _ in shipped)
+        strayed = sum(score >= threshold and expected == default != route
+                      for _, expected, route, score, default, _ in shipped)
+        mark = "  <- config" if abs(threshold - floor) < 1e-9 else ""
+        print(f"    {threshold:4.2f} -> {en:.2f} / {fr:.2f} / {both:.2f}   {lost:>2} left, {strayed:>2} strayed{mark}")
+    grid = [t / 100 for t in range(-10, 96)]
+    other = _classify(config, model, not EMBED_AS_QUERY, items)
+    print(f"  the same with \"{'passage' if EMBED_AS_QUERY else 'query'}: \" prefixes: at {floor} "
+          f"{_accuracy(other, floor, 'en')[0]:.2f} / {_accuracy(other, floor, 'fr')[0]:.2f} / "
+          f"{_accuracy(other, floor)[0]:.2f}; at its best threshold ({_best(other, grid)[0]:.2f}) "
+          f"{_best(other, grid)[1]:.2f} overall (this prefix: best {_best(shipped, grid)[1]:.2f} at "
+          f"{_best(shipped, grid)[0]:.2f})")
+    former = _nearest_example(config, model, items)
+    threshold, _ = _best(former, grid)
+    print(f"  the former classifier (raw cosine to the nearest example, \"passage: \"): at its best threshold "
+          f"({threshold:.2f}) {_accuracy(former, threshold, 'en')[0]:.2f} / {_accuracy(former, threshold, 'fr')[0]:.2f}"
+          f" / {_accuracy(former, threshold)[0]:.2f}; at 0.3, the former floor, "
+          f"{_accuracy(former, 0.3, 'en')[0]:.2f} / {_accuracy(former, 0.3, 'fr')[0]:.2f}")
+    print(f"  ({time.perf_counter() - started:.1f} s)")
+    return figures
 
 
 def _registry(base_url: str) -> dict[str, object]:
@@ -148,6 +275,7 @@ def _fallbacks(address: str) -> dict[str, Figures]:
 
 
 def main() -> dict[str, list[Figures]]:
+    classifier_calibration()
     fault_port, router_port, metrics_port, echo_port, front_port = (free_port() for _ in range(5))
     faults = subprocess.Popen([sys.executable, "-m", "moteur.devstack.faults", str(fault_port)], stdout=subprocess.PIPE)
     base_url = f"http://127.0.0.1:{fault_port}/v1"

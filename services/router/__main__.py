@@ -26,8 +26,9 @@ ROUTER_IDENTITY = Identity(tenant="", user="service:router", tier="", scopes=fro
 def memory_embedder(stub: memory_pb2_grpc.MemoryStub, issuer: MeshTokenIssuer) -> Embed:
     async def embed(texts: Sequence[str]) -> list[list[float]]:
         identity = issuer.sign(ROUTER_IDENTITY, audience={"memory"}, seconds=10)
-        response = await call_service(stub.Embed, memory_pb2.EmbedRequest(texts=list(texts)), "memory",
-                                      identity, timeout=5)
+        # The classifier's examples and requests alike as E5 queries (moteur.router.routes.EMBED_AS_QUERY).
+        request = memory_pb2.EmbedRequest(texts=list(texts), query=True)
+        response = await call_service(stub.Embed, request, "memory", identity, timeout=5)
         return [list(e.values) for e in response.embeddings]
 
     return embed

@@ -139,7 +139,7 @@ class ModelsConfig(_Strict):
     default_model: str = ""  # shorthand for a catch-all route "default" of this one model
     retry: RetryPolicy = RetryPolicy()
     breaker: BreakerPolicy = BreakerPolicy()
-    classifier_min_score: float = Field(0.3, ge=-1, le=1)  # below it, an unclassified request takes the default
+    classifier_min_score: float = Field(0.1, ge=-1, le=1)  # below it, an unclassified request takes the default
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelsConfig:

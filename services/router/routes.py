@@ -3,19 +3,26 @@
 A request without a type is classified: the instruction of its last message — the text before the first
 colon or line break, at most 16 words, because a request's intent leads and the material after it (the
 text to summarise, the code to fix) would otherwise decide by its topic — is embedded through the memory
-service's Embed and compared with the embedded examples of each route; the nearest example's route wins
-when its cosine similarity reaches ``classifier_min_score``, else the catch-all route takes it. The decision and its
-score travel back to the caller in the response.
+service's Embed and compared with the embedded examples of each route. Both are embedded as E5 queries
+(``query: ``, ``EMBED_AS_QUERY``): comparing two short requests is a symmetric task, and on
+``evals/routes.yaml`` queries beat passages in every configuration tried.
+
+E5's cosines are compressed (unrelated sentences score 0.75 to 0.82, and a request leans toward examples in
+its own language), so raw cosines to the nearest example mostly measure style and language. The vectors are
+therefore centred on the mean of all the routes' examples — what every sentence shares goes — and the
+request is compared with each route's centroid (the mean of its centred examples): the nearest route wins
+when that cosine reaches ``classifier_min_score``, else the catch-all route takes it (``python -m bench
+router`` calibrates it). The decision and its score travel back to the caller in the response.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import structlog
 
 from moteur.router.metrics import ROUTE_DECISIONS
@@ -25,6 +32,9 @@ from moteur.runtime.errors import MoteurError
 log = structlog.get_logger("moteur.router.routes")
 
 EMBED_RETRY_SECONDS = 5.0
+# The E5 prefix of the examples and the requests alike (memory's EmbedRequest.query): the router's embedder
+# (memory_embedder in __main__.py) asks for it, and the calibration and tests embed the same way.
+EMBED_AS_QUERY = True
 Embed = Callable[[Sequence[str]], Awaitable[list[list[float]]]]
 
 
@@ -63,7 +73,7 @@ class RouteTable:
         self.config = config
         self.routes = config.all_routes()
         self._embed = embed
-        self._examples: list[tuple[Route, list[float]]] | None = None  # embedded lazily, once per config
+        self._centroids: _Centroids | None = None  # embedded lazily, once per config
         self._embed_down_until = 0.0
 
     def for_type(self, query: RouteQuery, request_type: str) -> Route:
@@ -84,7 +94,7 @@ class RouteTable:
         if self._embed is None or time.monotonic() < self._embed_down_until:
             return RouteDecision(default, "classifier_unavailable")
         try:
-            examples = await self._embedded_examples()
+            centroids = await self._embedded_centroids()
             [vector] = await self._embed([instruction_of(query.text)])
         except MoteurError as exc:
             # Classification is a refinement: a memory service that is down costs the choice, not the answer,
@@ -92,7 +102,7 @@ class RouteTable:
             self._embed_down_until = time.monotonic() + EMBED_RETRY_SECONDS
             log.warning("route.classifier_unavailable", error=exc.message, retry_in_s=EMBED_RETRY_SECONDS)
             return RouteDecision(default, "classifier_unavailable")
-        route, score = max(((r, _cosine(vector, v)) for r, v in examples), key=lambda pair: pair[1])
+        route, score = centroids.nearest(vector)
         if score < self.config.classifier_min_score:
             return RouteDecision(default, "default", score)
         request_type = route.request_types[0] if route.request_types else ""
@@ -100,13 +110,38 @@ class RouteTable:
         chosen = route if _matches(route, query, request_type) else self.for_type(query, request_type)
         return RouteDecision(chosen, "classifier", score, request_type)
 
-    async def _embedded_examples(self) -> list[tuple[Route, list[float]]]:
-        if self._examples is None:
+    async def _embedded_centroids(self) -> _Centroids:
+        if self._centroids is None:
             assert self._embed is not None
-            pairs = [(r, e) for r in self.routes for e in r.examples]
-            vectors = await self._embed([e for _, e in pairs])
-            self._examples = [(r, v) for (r, _), v in zip(pairs, vectors, strict=True)]
-        return self._examples
+            routes = [r for r in self.routes if r.examples]
+            self._centroids = _Centroids.of(routes, await self._embed([e for r in routes for e in r.examples]))
+        return self._centroids
+
+
+@dataclass(frozen=True, slots=True)
+class _Centroids:
+    """The routes' examples centred on their mean, and each route's centroid, unit length."""
+
+    mean: np.ndarray
+    routes: Sequence[Route]
+    unit: np.ndarray  # (routes, dimensions)
+
+    @classmethod
+    def of(cls, routes: Sequence[Route], vectors: Sequence[Sequence[float]]) -> _Centroids:
+        """``vectors``: the examples of ``routes``, route after route."""
+        examples = np.asarray(vectors, dtype=np.float64)
+        # With a single route there is nothing to tell apart: centring would leave its centroid at zero.
+        mean = examples.mean(axis=0) if len(routes) > 1 else np.zeros(examples.shape[1])
+        centred = _unit(examples - mean)
+        ends = np.cumsum([len(r.examples) for r in routes])[:-1]
+        centroids = np.stack([part.mean(axis=0) for part in np.split(centred, ends)])
+        return cls(mean, routes, _unit(centroids))
+
+    def nearest(self, vector: Sequence[float]) -> tuple[Route, float]:
+        """The route whose centroid is nearest to ``vector`` (centred likewise), and their cosine."""
+        scores = self.unit @ _unit(np.asarray(vector, dtype=np.float64) - self.mean)
+        best = int(np.argmax(scores))
+        return self.routes[best], float(scores[best])
 
 
 def instruction_of(text: str) -> str:
@@ -114,7 +149,6 @@ def instruction_of(text: str) -> str:
     return " ".join(head.split()[:16]) or text[:200]
 
 
-def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return dot / norm if norm else 0.0
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
