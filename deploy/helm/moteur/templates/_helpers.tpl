@@ -205,6 +205,17 @@ MOTEUR_MILVUS_URI: {{ include "moteur.milvusURI" $root | quote }}
 MOTEUR_MILVUS_INDEX_TYPE: {{ $root.Values.milvus.indexType | quote }}
 MOTEUR_MILVUS_INDEX_PARAMS: {{ $root.Values.milvus.indexParams | toJson | quote }}
 MOTEUR_MILVUS_SEARCH_PARAMS: {{ $root.Values.milvus.searchParams | toJson | quote }}
+{{- $embedding := $root.Values.memory.embedding }}
+# The embedding model (memory.embedding in values.yaml).
+MOTEUR_EMBEDDING_PROVIDER: {{ $embedding.provider | quote }}
+MOTEUR_EMBEDDING_THREADS: {{ $embedding.threads | quote }}
+MOTEUR_REEMBED_BATCH: {{ $embedding.reembedBatch | quote }}
+{{- if eq $embedding.provider "openai" }}
+MOTEUR_EMBEDDING_MODEL: {{ required "memory.embedding.openai.model is required with provider openai" $embedding.openai.model | quote }}
+MOTEUR_EMBEDDING_BASE_URL: {{ $embedding.openai.baseUrl | quote }}
+MOTEUR_EMBEDDING_API_KEY_ENV: {{ $embedding.openai.apiKeyEnv | quote }}
+MOTEUR_EMBEDDING_DIMENSIONS: {{ $embedding.openai.dimensions | quote }}
+{{- end }}
 {{- end }}
 {{- if eq .service "files" }}
 MOTEUR_FILES_STORAGE: {{ $root.Values.files.storage | quote }}
