@@ -5,6 +5,11 @@ below. Model calls are not retried on a status because the router does its own r
 and a second attempt would double a slow, paid call — but a call that could not even connect (the peer
 is restarting) never reached it, so :func:`reconnecting` retries those briefly. Reconnection backoff is
 kept short so a restarted peer is used again within a second.
+
+Balancing: a channel spreads its calls over every address its target resolves to (``round_robin``): in a
+cluster the target is ``dns:///<service>-headless:50051``, whose name resolves to every ready pod; servers
+close connections after ``max_connection_age`` (moteur.runtime.server), so clients resolve again and new pods
+get traffic.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ _IDEMPOTENT_READS = [
 
 SERVICE_CONFIG = json.dumps(
     {
+        # Every address the name resolves to (a headless Service's pods, or a static ipv4: list) gets calls in
+        # turn; grpc's default, pick_first, would hold one connection to one pod for ever.
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": _IDEMPOTENT_READS,

@@ -81,6 +81,9 @@ async def serve(
         # long without data, e.g. a slow model: the default (5 min) answers them with GOAWAY too_many_pings.
         ("grpc.http2.min_ping_interval_without_data_ms", 15_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Clients re-resolve when a connection ends: without an age they would never see a new pod.
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000)),
     ]
     async with contextlib.asynccontextmanager(app.build)() as registrations:
         guard = _guard(app, registrations, MeshAuthSettings())

@@ -27,6 +27,14 @@ class ServerSettings(MoteurSettings):
     log_format: Literal["json", "console"] = Field("json", description="json in clusters, console by hand.")
     otlp_endpoint: str = Field("", description="OTLP/gRPC collector address for traces; empty: not exported.")
     drain_seconds: float = Field(10.0, description="Grace period for in-flight calls after SIGTERM.")
+    max_connection_age_seconds: float = Field(
+        60.0, gt=0, description="A client connection is closed after this long (±10 %), so that clients resolve "
+        "the service's pods again and spread over new ones."
+    )
+    max_connection_age_grace_seconds: float = Field(
+        130.0, ge=0, description="Calls in flight on a connection being closed for its age may take this long to "
+        "finish (the longest chat turn)."
+    )
     max_message_bytes: int = Field(8 * 1024 * 1024, description="Largest gRPC message accepted or sent.")
 
 

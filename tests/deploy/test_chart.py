@@ -81,7 +81,13 @@ def test_each_service_has_a_deployment_a_service_and_its_settings(values: dict[s
         assert container["readinessProbe"]["grpc"] == {"port": probe_port}
         assert container["livenessProbe"]["grpc"] == {"port": probe_port}
         assert {"configMapRef": {"name": name}} in container["envFrom"]
-        assert configs[name]["data"]["MOTEUR_ROUTER_ADDR"] == "moteur-router:50051"
+        # The mesh calls every pod in turn: the headless Service's name resolves to all of them.
+        assert configs[name]["data"]["MOTEUR_ROUTER_ADDR"] == "dns:///moteur-router-headless:50051"
+        if service != "gateway":
+            headless = services[f"{name}-headless"]["spec"]
+            assert headless["clusterIP"] == "None" and headless["selector"] == services[name]["spec"]["selector"]
+            assert [p["port"] for p in headless["ports"]] == [50051]
+    assert "moteur-gateway-headless" not in services
     gateway_type = services["moteur-gateway"]["spec"]["type"]
     assert gateway_type == ("LoadBalancer" if values else "ClusterIP")
     assert all(services[f"moteur-{s}"]["spec"]["type"] == "ClusterIP" for s in SERVICES if s != "gateway")

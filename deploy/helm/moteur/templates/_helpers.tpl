@@ -158,8 +158,9 @@ livenessProbe:
 {{- end -}}
 
 {{/* The address of a mesh service inside the cluster: <fullname>-<service>:50051 */}}
+{{/* A mesh target: the headless Service's name, which DNS resolves to every ready pod (round_robin). */}}
 {{- define "moteur.address" -}}
-{{ include "moteur.fullname" .root }}-{{ .service }}:50051
+dns:///{{ include "moteur.fullname" .root }}-{{ .service }}-headless:50051
 {{- end -}}
 
 {{- define "moteur.modelServerURL" -}}

@@ -1,0 +1,83 @@
+"""Balanced calls across replicas: a gateway whose router address names three router replicas (a static list,
+as a headless Service's name resolves to every pod) spreads its model calls evenly over them, and a replica
+stopped and started again gets calls back at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from moteur.devstack.processes import ManagedProcess
+from moteur.devstack.stack import LocalStack, StackOptions
+
+pytestmark = pytest.mark.timeout(180)
+
+REPLICAS = 3
+CALLS = 90
+
+
+def _completes(metrics_port: int) -> float:
+    """Router.Complete calls a router replica has answered, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "moteur_rpc_requests_total" and sample.labels.get("method") == "Complete"
+               and sample.labels.get("service") == "router")
+
+
+@pytest.fixture(scope="module")
+def balanced(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A stack, two more routers, and a gateway whose router address lists all three."""
+    options = StackOptions(data_dir=tmp_path_factory.mktemp("balanced"), model_server=False, fact_extractor="rules")
+    with LocalStack(options) as stack:
+        routers: list[tuple[ManagedProcess | None, int, str]] = [
+            (None, stack.ports["router-metrics"], stack.address("router"))]
+        for i in range(2, REPLICAS + 1):
+            process, address = stack.extra_service("router", f"router-{i}")
+            process.start()
+            routers.append((process, int(process.env["MOTEUR_METRICS_PORT"]), address))
+        targets = ",".join(address for _, _, address in routers)
+        gateway, gateway_address = stack.extra_gateway("gateway-balanced", MOTEUR_ROUTER_ADDR=f"ipv4:{targets}")
+        gateway.start()
+        yield stack, routers, gateway_address
+
+
+async def _chat(keys, address: str, count: int) -> None:  # type: ignore[no-untyped-def]
+    client = keys.on(address, keys.key)
+    for i in range(count):
+        await client.chat(f"ping {i}", model_hint="instant", use_memory=False)
+
+
+@pytest.fixture(scope="module")
+async def keys(balanced, own_keys):  # type: ignore[no-untyped-def]
+    made = await own_keys(balanced[0])
+    made.key, _ = await made.client("balanced", "ada", "service")
+    yield made
+    await made.close()
+
+
+async def test_model_calls_spread_evenly_over_the_router_replicas(balanced, keys) -> None:
+    _, routers, address = balanced
+    before = [_completes(port) for _, port, _ in routers]
+    await _chat(keys, address, CALLS)
+    served = [_completes(port) - b for (_, port, _), b in zip(routers, before, strict=True)]
+    assert sum(served) == CALLS
+    even = CALLS / REPLICAS
+    assert all(abs(s - even) <= 0.2 * even for s in served), f"calls per replica: {served}"
+
+
+async def test_a_replica_stopped_and_started_again_gets_calls_back(balanced, keys) -> None:
+    _, routers, address = balanced
+    process, port, _ = routers[1]
+    assert process is not None
+    process.stop()
+    await _chat(keys, address, 10)  # answered by the two others, none lost
+    await asyncio.to_thread(process.start)
+    before, deadline = _completes(port), time.monotonic() + 10
+    while _completes(port) == before:
+        assert time.monotonic() < deadline, "the restarted replica got no call within 10 s"
+        await _chat(keys, address, 3)
