@@ -158,7 +158,9 @@ class InstantProvider:
         if self.deployment.simulated_latency_ms:
             await asyncio.sleep(self.deployment.simulated_latency_ms / 1000)
         completion = self._answer(turns, generation)
-        for word in completion.text.split(" ") if completion.text else ():
+        for index, word in enumerate(completion.text.split(" ") if completion.text else ()):
+            if index and self.deployment.simulated_word_ms:
+                await asyncio.sleep(self.deployment.simulated_word_ms / 1000)
             yield word + " "
         yield completion
 

@@ -58,6 +58,8 @@ class ModelDeployment(_Strict):
     tool_call_text: Literal["", "qwen"] = ""
     # instant provider only: answer after this long, to stand in for a model of known speed in benchmarks
     simulated_latency_ms: int = Field(0, ge=0, le=60_000)
+    # instant provider only: and stream one word every this long after it (a stream that lasts, for tests)
+    simulated_word_ms: int = Field(0, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _provider_needs(self) -> ModelDeployment:
