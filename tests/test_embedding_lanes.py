@@ -67,3 +67,16 @@ async def test_with_one_model_a_question_waits_for_one_passage_at_most() -> None
 def test_the_lanes_must_run_the_same_model() -> None:
     with pytest.raises(ValueError, match="cannot mix"):
         BatchingEmbedder(TimedModel(0, "a"), query_model=TimedModel(0, "b"))
+
+
+async def test_long_texts_make_short_batches() -> None:
+    model = TimedModel(0.0)
+    embedder = BatchingEmbedder(model, query_model=TimedModel(0.0), max_batch_chars=1000)
+    try:
+        long, short = ["x" * 600] * 3, [f"short {i}" for i in range(5)]
+        vectors = await asyncio.gather(embedder.embed(long), embedder.embed(short))
+        assert [len(v) for v in vectors] == [3, 5]
+        # One long text a batch (two would pass 1,000 characters); the short ones join the last.
+        assert model.batches == [(1, False), (1, False), (6, False)]
+    finally:
+        await embedder.aclose()

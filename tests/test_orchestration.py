@@ -442,7 +442,7 @@ async def test_routes_follow_request_type_and_conditions_and_render_their_system
 
 async def test_the_classifier_picks_the_route_with_the_nearest_examples() -> None:
     # A bag-of-words embedding stands in for the memory service here; the e2e test uses the real one.
-    vocabulary = ["summary", "summarize", "code", "python", "function", "hello"]
+    vocabulary = ["summary", "summarize", "code", "python", "function", "hello", "weather"]
 
     async def embed(texts: list[str]) -> list[list[float]]:
         return [[float(word in text.lower()) for word in vocabulary] for text in texts]
@@ -454,7 +454,7 @@ async def test_the_classifier_picks_the_route_with_the_nearest_examples() -> Non
              "examples": ["write a python function", "fix my code"]},
             {"name": "summarize", "request_types": ["summarize"], "candidates": ["m"],
              "examples": ["summarize this", "give me a summary"]},
-            {"name": "chat", "candidates": ["m"]},
+            {"name": "chat", "candidates": ["m"], "examples": ["hello there"]},
         ],
     })
     table = RouteTable(config, embed)  # type: ignore[arg-type]
@@ -464,8 +464,8 @@ async def test_the_classifier_picks_the_route_with_the_nearest_examples() -> Non
 
     code = await table.decide(query("a python function to sort"))
     assert (code.route.name, code.how, code.classified_as) == ("code", "classifier", "code") and code.score > 0.5
-    vague = await table.decide(query("what is the weather"))
-    assert (vague.route.name, vague.how) == ("chat", "default")
+    vague = await table.decide(query("what is the weather"))  # near no route: below classifier_min_score
+    assert (vague.route.name, vague.how) == ("chat", "default") and vague.score < config.classifier_min_score
 
 
 async def test_a_classifier_that_cannot_embed_leaves_the_request_on_the_default_route() -> None:

@@ -175,11 +175,12 @@ class _Lane:
     them differently)."""
 
     def __init__(self, name: str, model: EmbeddingModel, max_batch: int, passage_batch: int,
-                 max_wait_seconds: float) -> None:
+                 max_wait_seconds: float, max_batch_chars: int) -> None:
         self.name = name
         self.model = model
         self.max_batch = max_batch
         self.passage_batch = passage_batch
+        self.max_batch_chars = max_batch_chars
         self.max_wait_seconds = max_wait_seconds
         self.pending: list[_Pending] = []
         self._wake = asyncio.Event()
@@ -200,17 +201,28 @@ class _Lane:
             self._worker.cancel()
 
     def _next_batch(self) -> tuple[list[_Pending], list[str]]:
-        """The oldest waiting queries, else passages, else background texts; a request whose texts do not all
-        fit stays first in line with the rest."""
+        """The oldest waiting queries, else passages, else background texts, up to the batch's count and
+        characters (a model run cannot be stopped: long texts make short batches, so whoever comes next waits
+        little); a request whose texts do not all fit stays first in line with the rest."""
         first = min(self.pending, key=lambda p: (p.background, not p.query))
         limit = self.max_batch if first.query else self.passage_batch
         batch: list[_Pending] = []
         texts: list[str] = []
+        chars = 0
         for p in self.pending:
-            if p.query != first.query or p.background != first.background or len(texts) >= limit:
+            if p.query != first.query or p.background != first.background:
                 continue
-            batch.append(p)
-            texts += p.texts[p.done:p.done + limit - len(texts)]
+            left = p.texts[p.done:]
+            fits = 0
+            while fits < len(left) and (not texts or (len(texts) < limit
+                                                      and chars + len(left[fits]) <= self.max_batch_chars)):
+                texts.append(left[fits])
+                chars += len(left[fits])
+                fits += 1
+            if fits:
+                batch.append(p)
+            if fits < len(left):  # full: _run hands the vectors out in this order, the last request in part
+                break
         return batch, texts
 
     async def _run(self) -> None:
@@ -250,12 +262,14 @@ class BatchingEmbedder:
     concurrent calls), queries have a lane of their own: a chat turn's search never waits behind stored texts,
     and passages run in batches of ``passage_batch`` (default ``max_batch``) on the other lane — batching is
     what lets the service keep up with the bare engine. Without one, one lane serves both: queries go first,
-    and passages run ``passage_batch`` (default 1) at a time, so a query waits at most for that many.
+    and passages run ``passage_batch`` (default 1) at a time, so a query waits at most for that many. A batch
+    also stops at ``max_batch_chars``: a running batch cannot be stopped, even for a caller that has gone, so
+    what waits behind it waits little.
     Background texts (``background=True``, re-embedding) run only when no other passage waits."""
 
     def __init__(self, model: EmbeddingModel, max_batch: int = 32, max_wait_seconds: float = 0.002,
                  cache_size: int = 10_000, passage_batch: int | None = None,
-                 query_model: EmbeddingModel | None = None) -> None:
+                 query_model: EmbeddingModel | None = None, max_batch_chars: int = 4096) -> None:
         if query_model is not None and query_model.model_id != model.model_id:
             raise ValueError(f"the query lane runs {query_model.model_id!r}, the passage lane {model.model_id!r}: "
                              "one store cannot mix them")
@@ -265,10 +279,12 @@ class BatchingEmbedder:
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         if query_model is None:
-            self._passages = self._queries = _Lane("shared", model, max_batch, passage_batch or 1, max_wait_seconds)
+            self._passages = self._queries = _Lane("shared", model, max_batch, passage_batch or 1, max_wait_seconds,
+                                                   max_batch_chars)
         else:
-            self._queries = _Lane("queries", query_model, max_batch, max_batch, max_wait_seconds)
-            self._passages = _Lane("passages", model, max_batch, passage_batch or max_batch, max_wait_seconds)
+            self._queries = _Lane("queries", query_model, max_batch, max_batch, max_wait_seconds, max_batch_chars)
+            self._passages = _Lane("passages", model, max_batch, passage_batch or max_batch, max_wait_seconds,
+                                   max_batch_chars)
 
     @property
     def model_id(self) -> str:

@@ -75,7 +75,7 @@ async def test_a_request_without_a_type_is_classified_by_its_nearest_route_examp
         await asyncio.sleep(1)
     assert (route["route"], route["route_decision"], route["classified_as"]) == ("summarize", "classifier",
                                                                                  "summarize")
-    assert 0.5 <= float(route["route_score"]) <= 1.0 and reply.message.model == CHAT_MODEL
+    assert 0.1 <= float(route["route_score"]) <= 1.0 and reply.message.model == CHAT_MODEL  # classifier_min_score
 
     code = await alice.client.chat("Write a function in Go to sort numbers", max_output_tokens=32)
     assert (code.route.entries["route"], code.route.entries["classified_as"]) == ("code", "code")
