@@ -20,7 +20,8 @@ def test_the_files_service_keeps_files_on_a_volume_by_default() -> None:
     assert loaded.files_storage == "dir" and str(loaded.files_dir) == "/var/lib/moteur/files"
     assert loaded.files_retention_days == 30 and loaded.files_max_bytes == 52428800
     pod = _by_kind(manifests, "Deployment")["moteur-files"]["spec"]["template"]["spec"]
-    assert {"name": "files", "emptyDir": {}} in pod["volumes"] and _volume_names(pod) == {"tmp", "files"}
+    assert {"name": "files", "emptyDir": {"sizeLimit": "5Gi"}} in pod["volumes"]  # bounded (files.persistence)
+    assert _volume_names(pod) == {"tmp", "files"}
     assert "moteur-files-s3" not in _by_kind(manifests, "Secret")
 
 

@@ -110,7 +110,7 @@ def test_only_the_gateway_is_reachable_from_outside_the_mesh() -> None:
     manifests = _render(PRODUCTION)
     policies = _by_kind(manifests, "NetworkPolicy")
     deny = policies["moteur-default-deny"]["spec"]
-    assert deny["policyTypes"] == ["Ingress"] and "ingress" not in deny  # egress open by default
+    assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny  # egress restricted in production
     assert deny["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "moteur",
                                                   "app.kubernetes.io/instance": "moteur"}
     ingress = _ingress(manifests)
@@ -147,7 +147,9 @@ def test_egress_can_be_restricted_to_dns_the_release_and_chosen_destinations() -
     assert deny["policyTypes"] == ["Ingress", "Egress"]
     assert deny["egress"][0]["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
     assert deny["egress"][1] == {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "moteur"}}}]}
-    assert deny["egress"][2] == providers
+    # a catch-all ipBlock never reaches the instance metadata (test_chart_hardening)
+    metadata = ["169.254.169.254/32"]
+    assert deny["egress"][2] == {**providers, "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": metadata}}]}
     _validate(manifests)
 
 

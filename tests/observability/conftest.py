@@ -26,8 +26,9 @@ def binary(name: str) -> str:
 
 
 def chart_rule_groups() -> list[dict[str, Any]]:
-    """The rule groups of the chart's PrometheusRule, rendered with it enabled."""
-    values = {"prometheusRule": {"enabled": True}}
+    """The rule groups of the chart's PrometheusRule, rendered with it and the ServiceMonitor enabled (the alerts on
+    targets, group moteur.targets, select the jobs the ServiceMonitor names: moteur-<service> in namespace ai)."""
+    values = {"prometheusRule": {"enabled": True}, "serviceMonitor": {"enabled": True}}
     rendered = helm_python.Chart.load(CHART).render(values, name="moteur", namespace="ai")
     manifests = [doc for text in rendered.values() for doc in yaml.safe_load_all(text) if doc]
     (rule,) = [m for m in manifests if m["kind"] == "PrometheusRule"]

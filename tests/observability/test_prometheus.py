@@ -31,22 +31,24 @@ TOOLS_CONFIG: dict[str, object] = {
         {"name": "broken", "transport": "stdio", "command": [sys.executable, "-c", "raise SystemExit(3)"]},
     ]}},
 }
-# Grafana's variables, as Grafana would substitute them for a short range.
-VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "${datasource}": "prometheus"}
+# Grafana's variables, as Grafana would substitute them for a short range. The namespace variable's All is `.*`,
+# which matches series without a namespace label too, as this Prometheus scrapes them (no Kubernetes).
+VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "${datasource}": "prometheus", "$namespace": ".*"}
 
 # Queries that stay empty after the scripted load, because their series need events too slow or too
 # disruptive for it; the fault suite (tests/reliability) causes them.
 EXPECTED_EMPTY = {
     # The queue sheds or expires turns only when the models are saturated for longer than a turn's deadline.
-    "sum by (level, reason) (rate(moteur_queue_shed_total[1m]))": "queue overload",
-    "sum by (level) (rate(moteur_queue_expired_total[1m]))": "queue overload",
+    'sum by (level, reason) (rate(moteur_queue_shed_total{namespace=~".*"}[1m]))': "queue overload",
+    'sum by (level) (rate(moteur_queue_expired_total{namespace=~".*"}[1m]))': "queue overload",
     # Admissions made while Redis is down: needs Redis killed.
-    "sum by (policy) (rate(moteur_limiter_redis_unavailable_total[1m]))": "Redis down",
+    'sum by (policy) (rate(moteur_limiter_redis_unavailable_total{namespace=~".*"}[1m]))': "Redis down",
     # A tool call that runs past its timeout takes the tool's whole timeout (seconds) to produce.
-    'sum by (tool) (rate(moteur_tool_calls_total{outcome="timeout"}[1m]))': "a tool timing out",
+    'sum by (tool) (rate(moteur_tool_calls_total{namespace=~".*",outcome="timeout"}[1m]))': "a tool timing out",
     # A level's depth gauge appears when a turn first waits; the instant model's 64 slots never make one wait.
     # PutTemplate needs an admin key; the benchmark keys of this load are service keys, refused by the gateway.
-    "sum by (outcome) (increase(moteur_files_template_uploads_total[1h]))": "an admin uploading a template",
+    'sum by (outcome) (increase(moteur_files_template_uploads_total{namespace=~".*"}[1h]))':
+        "an admin uploading a template",
 }
 
 

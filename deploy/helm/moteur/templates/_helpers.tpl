@@ -175,7 +175,7 @@ MOTEUR_METRICS_PORT: "9090"
 MOTEUR_LOG_LEVEL: {{ $root.Values.logLevel | quote }}
 MOTEUR_LOG_FORMAT: json
 MOTEUR_OTLP_ENDPOINT: {{ $root.Values.otlpEndpoint | quote }}
-MOTEUR_DRAIN_SECONDS: {{ $root.Values.drainSeconds | quote }}
+MOTEUR_DRAIN_SECONDS: {{ include "moteur.drainSeconds" (dict "root" $root "service" .service) | quote }}
 MOTEUR_ROUTER_ADDR: {{ include "moteur.address" (dict "root" $root "service" "router") }}
 MOTEUR_MEMORY_ADDR: {{ include "moteur.address" (dict "root" $root "service" "memory") }}
 MOTEUR_FILES_ADDR: {{ include "moteur.address" (dict "root" $root "service" "files") }}
@@ -197,7 +197,6 @@ MOTEUR_MODELS_FILE: /etc/moteur/models.yaml
 {{- end }}
 {{- if eq .service "gateway" }}
 MOTEUR_TIERS_FILE: /etc/moteur/tiers.yaml
-MOTEUR_ALERT_WEBHOOK_URL: {{ $root.Values.gateway.alertWebhookUrl | quote }}
 # Each replica dispatches its share of the models' capacity.
 MOTEUR_QUEUE_REPLICAS: {{ include "moteur.gatewayReplicas" $root | quote }}
 {{- end }}
@@ -264,3 +263,170 @@ MOTEUR_MAX_TOOL_CALLS_PER_TENANT: {{ $root.Values.tools.maxCallsPerTenant | quot
 {{- end -}}
 
 {{- define "moteur.configFile.none" -}}{{- end -}}
+
+
+{{/* How long a service's calls in flight may finish after SIGTERM: its own drainSeconds, or the release's. */}}
+{{- define "moteur.drainSeconds" -}}
+{{- $spec := get .root.Values.services .service | default dict -}}
+{{- if hasKey $spec "drainSeconds" }}{{ int $spec.drainSeconds }}{{ else }}{{ int .root.Values.drainSeconds }}{{ end -}}
+{{- end -}}
+
+{{/* The pod's terminationGracePeriodSeconds: the service's own, or preStop + drain + margin; never less than
+preStop + drain, or the kubelet would kill calls the drain lets finish. */}}
+{{- define "moteur.terminationGracePeriodSeconds" -}}
+{{- $spec := get .root.Values.services .service | default dict -}}
+{{- $needed := add (int .root.Values.preStopSeconds) (include "moteur.drainSeconds" .) -}}
+{{- if hasKey $spec "terminationGracePeriodSeconds" -}}
+{{- if lt (int $spec.terminationGracePeriodSeconds) (int $needed) -}}
+{{- fail (printf "services.%s.terminationGracePeriodSeconds (%d) must cover preStopSeconds + drainSeconds (%d)" .service (int $spec.terminationGracePeriodSeconds) (int $needed)) -}}
+{{- end -}}
+{{- int $spec.terminationGracePeriodSeconds -}}
+{{- else -}}
+{{- add $needed (int .root.Values.terminationMarginSeconds) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The container's preStop pause (preStopSeconds): the kubelet's own `sleep` action where the cluster has it
+(Kubernetes 1.30+, nothing needed in the image), else the image's sleep command. */}}
+{{- define "moteur.lifecycle" -}}
+{{- $seconds := int .Values.preStopSeconds -}}
+{{- if gt $seconds 0 }}
+lifecycle:
+  preStop:
+    {{- if semverCompare ">=1.30-0" .Capabilities.KubeVersion.Version }}
+    sleep: {seconds: {{ $seconds }}}
+    {{- else }}
+    exec: {command: [sleep, {{ $seconds | quote }}]}
+    {{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* A pod's scheduling (dict "root" $ "spec" <the service's values> "component" <name>): each of nodeSelector,
+tolerations, affinity, topologySpreadConstraints, priorityClassName and imagePullSecrets from the service's values
+when it sets the key (even empty), else the release's. A spread constraint without labelSelector gets the
+component's pod labels. */}}
+{{- define "moteur.podScheduling" -}}
+{{- $root := .root -}}
+{{- $spec := .spec | default dict -}}
+{{- $pick := dict -}}
+{{- range $key := list "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" "priorityClassName" "imagePullSecrets" -}}
+{{- $_ := set $pick $key (ternary (get $spec $key) (get $root.Values $key) (hasKey $spec $key)) -}}
+{{- end -}}
+{{- with $pick.priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with $pick.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - {{ if kindIs "string" . }}{{ dict "name" . | toJson }}{{ else }}{{ toJson . }}{{ end }}
+  {{- end }}
+{{- end }}
+{{- with $pick.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $pick.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $pick.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $pick.topologySpreadConstraints }}
+{{- $selector := dict "matchLabels" (include "moteur.componentLabels" (dict "root" $root "component" $.component) | fromYaml) }}
+topologySpreadConstraints:
+  {{- range . }}
+  - {{- toYaml (ternary . (merge (dict "labelSelector" $selector) .) (hasKey . "labelSelector")) | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The mesh identity's signing keys ({issuer: PEM}): the Secret's (kept across upgrades, lookup) or generated,
+once per render, so that the Secret and the pods' checksum see the same keys. */}}
+{{- define "moteur.meshSigningKeys" -}}
+{{- if not (hasKey .Values "_meshSigningKeys") -}}
+{{- $name := printf "%s-mesh-signing" (include "moteur.fullname" .) -}}
+{{- $existing := (lookup "v1" "Secret" .Release.Namespace $name) | default dict -}}
+{{- $data := $existing.data | default dict -}}
+{{- $keys := dict -}}
+{{- range $issuer := list "gateway" "router" -}}
+{{- $file := printf "%s.key" $issuer -}}
+{{- if hasKey $data $file -}}
+{{- $_ := set $keys $issuer (index $data $file | b64dec) -}}
+{{- else -}}
+{{- $_ := set $keys $issuer (genPrivateKey "ed25519") -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set .Values "_meshSigningKeys" $keys -}}
+{{- end -}}
+{{- toJson (get .Values "_meshSigningKeys") -}}
+{{- end -}}
+
+{{/* The Secret holding the gateway's alert webhook URL (key alert-webhook-url), if any. */}}
+{{- define "moteur.alertWebhookSecret" -}}
+{{- if .Values.gateway.alertWebhookExistingSecret }}{{ .Values.gateway.alertWebhookExistingSecret }}
+{{- else if .Values.gateway.alertWebhookUrl }}{{ include "moteur.fullname" . }}-gateway-alerts
+{{- end -}}
+{{- end -}}
+
+{{/* What a service reads from the chart's Secrets (dict "root" $ "service" name), for its pods' checksum: the
+content of those the chart renders, the name of those you manage (a new name rolls the pods; a change inside a
+Secret you manage does not: roll them, or use a reloader). */}}
+{{- define "moteur.secretsChecksum" -}}
+{{- $root := .root -}}
+{{- $values := $root.Values -}}
+{{- $inputs := dict -}}
+{{- if $values.storesExistingSecret }}
+{{- $_ := set $inputs "stores" $values.storesExistingSecret }}
+{{- else }}
+{{- $_ := set $inputs "stores" (list (include "moteur.mongodbURI" $root) (include "moteur.redisURL" $root)) }}
+{{- end }}
+{{- $embedsThroughProvider := and (eq .service "memory") (eq $values.memory.embedding.provider "openai") $values.memory.embedding.openai.apiKeyEnv }}
+{{- if or (eq .service "router") $embedsThroughProvider }}
+{{- $_ := set $inputs "providerKeys" ($values.providerKeysSecret | default $values.providerKeys) }}
+{{- end }}
+{{- if eq .service "files" }}
+{{- $_ := set $inputs "filesS3" (ternary $values.files.s3.existingSecret (list $values.files.s3.accessKeyId $values.files.s3.secretAccessKey) (not (empty $values.files.s3.existingSecret))) }}
+{{- end }}
+{{- if eq .service "gateway" }}
+{{- $_ := set $inputs "alertWebhook" ($values.gateway.alertWebhookExistingSecret | default $values.gateway.alertWebhookUrl) }}
+{{- end }}
+{{- if $values.meshIdentity.signingSecret }}
+{{- $_ := set $inputs "mesh" (list $values.meshIdentity.signingSecret $values.meshIdentity.publicSecret) }}
+{{- else }}
+{{- /* the public keys derive from the signing keys: those are what changes */}}
+{{- $_ := set $inputs "mesh" (include "moteur.meshSigningKeys" $root) }}
+{{- end }}
+{{- if $values.tls.enabled }}
+{{- $_ := set $inputs "tls" $values.tls.secretName }}
+{{- end }}
+{{- toJson $inputs | sha256sum -}}
+{{- end -}}
+
+{{/* Egress rules (dict "rules" <NetworkPolicyEgressRules> "blocked" <CIDRs>) with every catch-all ipBlock
+(0.0.0.0/0, ::/0) excepting the blocked CIDRs of its family: the instance metadata is never allowed. */}}
+{{- define "moteur.egressRules" -}}
+{{- $blocked := .blocked | default list -}}
+{{- $rules := list -}}
+{{- range $rule := .rules -}}
+{{- $rule = deepCopy $rule -}}
+{{- if $rule.to -}}
+{{- $peers := list -}}
+{{- range $peer := $rule.to -}}
+{{- if and $peer.ipBlock (has $peer.ipBlock.cidr (list "0.0.0.0/0" "::/0")) -}}
+{{- $v6 := contains ":" $peer.ipBlock.cidr -}}
+{{- $except := $peer.ipBlock.except | default list -}}
+{{- range $cidr := $blocked -}}
+{{- if and (eq (contains ":" $cidr) $v6) (not (has $cidr $except)) }}{{ $except = append $except $cidr }}{{ end -}}
+{{- end -}}
+{{- $_ := set $peer.ipBlock "except" $except -}}
+{{- end -}}
+{{- $peers = append $peers $peer -}}
+{{- end -}}
+{{- $_ := set $rule "to" $peers -}}
+{{- end -}}
+{{- $rules = append $rules $rule -}}
+{{- end -}}
+{{- toYaml $rules -}}
+{{- end -}}
