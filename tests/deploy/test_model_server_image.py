@@ -209,15 +209,17 @@ def test_every_library_llama_cpp_links_is_in_the_final_image() -> None:
         assert "libgomp1" in installed
 
 
-def test_the_services_dependencies_are_a_layer_before_their_code() -> None:
-    """A code change rebuilds the wheel, not the dependencies: those come from pyproject.toml alone, first."""
-    requirements, service = STAGES["requirements"], STAGES["service"]
-    assert requirements.all("COPY") == ["pyproject.toml /src/"]
+def test_the_services_dependencies_are_locked_layers_before_their_code() -> None:
+    """A code change rebuilds the wheel, not the dependencies: those come from the hash-pinned locks, first the
+    core every image shares (before SERVICE), then the service's own."""
+    service = STAGES["service"]
     order = [(kw, args) for kw, args in service.instructions if kw in ("RUN", "COPY", "ARG")]
-    deps = next(i for i, (kw, args) in enumerate(order) if kw == "RUN" and "-r /tmp/requirements.txt" in args)
+    core = next(i for i, (kw, args) in enumerate(order) if kw == "RUN" and "-r /tmp/core.lock" in args)
+    own = next(i for i, (kw, args) in enumerate(order) if kw == "RUN" and "-r /tmp/service.lock" in args)
     wheels = next(i for i, (kw, args) in enumerate(order) if kw == "COPY" and args.startswith("--from=build"))
     argument = next(i for i, (kw, args) in enumerate(order) if kw == "ARG" and args.startswith("SERVICE"))
-    assert order[deps - 1] == ("COPY", "--from=requirements /requirements.txt /tmp/requirements.txt")
-    assert deps < argument < wheels  # shared by the five images, and before the code
-    assert [kw for kw, args in order[wheels + 1:wheels + 2]] == ["RUN"]
-    assert "--no-deps" not in order[wheels + 1][1]  # pip still adds any dependency the layer missed
+    assert order[core - 1] == ("COPY", "requirements/core.lock /tmp/core.lock")
+    assert order[own - 1] == ("COPY", "requirements/${SERVICE}.lock /tmp/service.lock")
+    assert core < argument < own < wheels  # the core layer is shared by the five images; all before the code
+    assert all("--require-hashes" in order[i][1] for i in (core, own))
+    assert "--no-deps" in order[wheels + 1][1]  # the locks hold every dependency: pip adds the project alone
