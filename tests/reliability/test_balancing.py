@@ -1,6 +1,7 @@
 """Balanced calls across replicas: a gateway whose router address names three router replicas (a static list,
 as a headless Service's name resolves to every pod) spreads its model calls evenly over them, and a replica
-stopped and started again gets calls back at once."""
+stopped and started again gets calls back at once; a mesh channel to three memory replicas spreads Embed calls
+the same way (each replica on a Milvus Lite file of its own: Embed reads no store)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from moteur.devstack.processes import ManagedProcess
 from moteur.devstack.stack import LocalStack, StackOptions
+from moteur.runtime.channels import open_channel
+from moteur.runtime.identity import Identity
+from moteur.v1 import memory_pb2, memory_pb2_grpc
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -20,13 +24,17 @@ REPLICAS = 3
 CALLS = 90
 
 
-def _completes(metrics_port: int) -> float:
-    """Router.Complete calls a router replica has answered, from its /metrics."""
+def _answered(metrics_port: int, service: str = "router", method: str = "Complete") -> float:
+    """Calls of ``method`` a replica has answered, from its /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
         text = response.read().decode()
     return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == "moteur_rpc_requests_total" and sample.labels.get("method") == "Complete"
-               and sample.labels.get("service") == "router")
+               if sample.name == "moteur_rpc_requests_total" and sample.labels.get("method") == method
+               and sample.labels.get("service") == service)
+
+
+def _completes(metrics_port: int) -> float:
+    return _answered(metrics_port)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +89,26 @@ async def test_a_replica_stopped_and_started_again_gets_calls_back(balanced, key
     while _completes(port) == before:
         assert time.monotonic() < deadline, "the restarted replica got no call within 10 s"
         await _chat(keys, address, 3)
+
+
+async def test_embed_calls_spread_evenly_over_the_memory_replicas(balanced) -> None:
+    stack = balanced[0]
+    replicas = [(stack.ports["memory-metrics"], stack.address("memory"))]
+    for i in range(2, REPLICAS + 1):
+        process, address = stack.extra_service("memory", f"memory-{i}",
+                                               MOTEUR_MILVUS_URI=str(stack.data_dir / f"milvus-{i}.db"))
+        await asyncio.to_thread(process.start)
+        replicas.append((int(process.env["MOTEUR_METRICS_PORT"]), address))
+    before = [_answered(port, "memory", "Embed") for port, _ in replicas]
+    metadata = stack.mesh_metadata(Identity("balanced", "ada", "internal"))
+    channel = open_channel("ipv4:" + ",".join(address for _, address in replicas))
+    try:
+        memory = memory_pb2_grpc.MemoryStub(channel)
+        for i in range(CALLS):
+            await memory.Embed(memory_pb2.EmbedRequest(texts=[f"sentence {i}"], query=True), metadata=metadata,
+                               timeout=30)
+    finally:
+        await channel.close()
+    served = [_answered(port, "memory", "Embed") - b for (port, _), b in zip(replicas, before, strict=True)]
+    even = CALLS / REPLICAS
+    assert sum(served) == CALLS and all(abs(s - even) <= 0.2 * even for s in served), f"calls per replica: {served}"
