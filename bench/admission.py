@@ -19,12 +19,14 @@ from bench.stats import Figures
 from moteur.devstack.stack import REPO_CONFIG, LocalStack, StackOptions
 from moteur.gateway.admission import AdmissionControl
 from moteur.gateway.alerts import AlertLog
-from moteur.gateway.auth import ApiKeyStore, Authenticator
+from moteur.gateway.auth import Authenticator
 from moteur.gateway.dispatch import DispatchPools
 from moteur.gateway.limiter import RateLimiter
 from moteur.gateway.limits import LimitsCatalog, load_tiers
+from moteur.gateway.settings import GatewaySettings
+from moteur.runtime.api_keys import ApiKeyStore
 from moteur.runtime.mongo import connect_mongo, database
-from moteur.runtime.settings import GatewaySettings, MongoSettings
+from moteur.runtime.settings import MongoSettings
 from moteur.v1 import common_pb2, router_pb2_grpc
 
 REQUESTS = 3000

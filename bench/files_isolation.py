@@ -26,10 +26,10 @@ from moteur.devstack.stack import LocalStack, StackOptions
 from moteur.files.formats import BY_NAME
 from moteur.files.pool import PoolLimits, RenderPool
 from moteur.files.rendering import RenderInput, produce, render_file
+from moteur.files.settings import FilesSettings
 from moteur.files.templates import BUILT_INS, TemplateRenderer
 from moteur.files.worker import Job
 from moteur.runtime.identity import Identity
-from moteur.runtime.settings import FilesSettings
 from moteur.v1 import common_pb2, files_pb2, files_pb2_grpc
 
 RENDERS = 40

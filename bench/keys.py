@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from moteur.devstack.stack import REPO_CONFIG, LocalStack
-from moteur.gateway.auth import ApiKeyStore
 from moteur.gateway.limits import LimitsCatalog, LimitScope, LimitSet, load_tiers
 from moteur.gateway.tenants import TenantSettings
+from moteur.runtime.api_keys import ApiKeyStore
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.settings import MongoSettings
 

@@ -30,11 +30,12 @@ import yaml
 from bench.keys import bench_key
 from moteur.devstack.stack import LocalStack, StackOptions
 from moteur.gateway.recall import Choice
+from moteur.gateway.settings import GatewaySettings
 from moteur.memory.embeddings import E5Embeddings
 from moteur.memory.facts import CLOSE, SAME
+from moteur.memory.settings import MemorySettings
 from moteur.memory.store import MemoryRecord, SearchFilter, VectorStore
 from moteur.runtime.identity import Identity
-from moteur.runtime.settings import GatewaySettings, MemorySettings
 from moteur.v1 import gateway_pb2, gateway_pb2_grpc, memory_pb2, memory_pb2_grpc
 
 SIZES = (10_000, 100_000)

@@ -16,7 +16,7 @@ from pymongo import AsyncMongoClient
 from moteur.client import AsyncMoteurClient
 from moteur.devstack.processes import ManagedProcess, free_port, port_open
 from moteur.devstack.stack import LocalStack, StackOptions
-from moteur.gateway.auth import ApiKeyStore
+from moteur.runtime.api_keys import ApiKeyStore
 from moteur.runtime.identity import Identity
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.settings import MongoSettings
@@ -36,6 +36,28 @@ TOOLS_CONFIG = {
         {"name": "broken", "transport": "stdio", "command": [sys.executable, "-c", "raise SystemExit(3)"]},
     ]}},
 }
+
+
+# The marker of each test, by directory (registered in pyproject.toml; `make test-unit` runs `-m unit`).
+_MARKER_BY_DIRECTORY = {"e2e": "e2e", "reliability": "reliability", "deploy": "deploy",
+                        "observability": "observability"}
+# The fixtures below that start the real stack (or a process of it): a top-level test using one is e2e, not unit.
+_STACK_FIXTURES = frozenset({"stack", "fault_server", "mcp_ready", "mongo", "key_store", "make_caller", "alice",
+                             "mallory"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        relative = item.path.relative_to(tests) if item.path.is_relative_to(tests) else item.path
+        if len(relative.parts) > 1:
+            marker = _MARKER_BY_DIRECTORY.get(relative.parts[0])
+        elif _STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            marker = "e2e"
+        else:  # a module marked slow (real processes, real timeouts) stays out of `make test-unit`
+            marker = None if item.get_closest_marker("slow") else "unit"
+        if marker is not None:
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

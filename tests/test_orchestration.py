@@ -21,6 +21,9 @@ from moteur.router.routes import RouteQuery, RouteTable, instruction_of
 from moteur.runtime.context import deadline_var
 from moteur.runtime.errors import DeadlineExceeded, InvalidArgument, PermissionDenied, Unavailable
 
+# Not a unit test (`make test-unit`): a real HTTP fault server and real timeouts of about a second each: about 11 s.
+pytestmark = pytest.mark.slow
+
 HELLO = [Turn("user", "hello")]
 
 

@@ -18,6 +18,9 @@ from moteur.files.worker import Job
 from moteur.runtime.context import deadline_var
 from moteur.runtime.errors import InvalidArgument
 
+# Not a unit test (`make test-unit`): real worker processes and their CPU, memory and wall budgets: about 17 s.
+pytestmark = pytest.mark.slow
+
 MIB = 1024 * 1024
 
 

@@ -15,6 +15,9 @@ import pytest
 from moteur.devstack.processes import ManagedProcess, free_port, port_open
 from moteur.devstack.supervisor import Backoff, Supervisor
 
+# Not a unit test (`make test-unit`): real processes killed and brought back, with back-off: about 7 s.
+pytestmark = pytest.mark.slow
+
 QUICK = Backoff(initial=0.2, factor=2, maximum=0.8, reset_after=60)
 
 

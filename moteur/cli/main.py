@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moteur.client import MoteurClient, MoteurClientError
+from moteur.runtime.protonames import ROLE_NAMES
 from moteur.runtime.settings import MongoSettings
 from moteur.v1 import common_pb2, gateway_pb2, memory_pb2, router_pb2
 
@@ -170,10 +171,6 @@ def sessions_list(
     console.print(table)
 
 
-_ROLE_NAMES = {common_pb2.ROLE_USER: "user", common_pb2.ROLE_ASSISTANT: "assistant",
-               common_pb2.ROLE_SYSTEM: "system", common_pb2.ROLE_TOOL: "tool"}
-
-
 @sessions_app.command("show")
 def sessions_show(session_id: Annotated[str, typer.Argument(help="The session's id.")]) -> None:
     """A session's messages, oldest first."""
@@ -181,7 +178,7 @@ def sessions_show(session_id: Annotated[str, typer.Argument(help="The session's 
         page = client.get_session(session_id, page_size=500)
     console.print(f"[bold]{page.session.title or page.session.id}[/bold] · {page.session.message_count} messages")
     for m in page.messages:
-        who = _ROLE_NAMES.get(m.role, "?")
+        who = ROLE_NAMES.get(m.role, "?")
         console.print(f"[bold]{who}[/bold]" + (f" [dim]({m.model})[/dim]" if m.model else ""))
         console.print(m.content, markup=False, highlight=False)
 
@@ -195,7 +192,7 @@ def sessions_delete(session_id: Annotated[str, typer.Argument(help="The session'
 
 
 def _key_store_call(action: Callable[..., object]) -> object:
-    from moteur.gateway.auth import ApiKeyStore
+    from moteur.runtime.api_keys import ApiKeyStore
     from moteur.runtime.errors import MoteurError
     from moteur.runtime.mongo import connect_mongo, database
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from moteur.v1 import common_pb2, files_pb2, gateway_pb2, memory_pb2
 
@@ -34,6 +34,39 @@ def enum_value(value: int | str, names: Mapping[str, int], what: str) -> int:
         raise ValueError(f"unknown {what} {value!r}; use one of {', '.join(names)}") from None
 
 
+class ChatOptions(TypedDict, total=False):
+    """The options of a chat turn (``chat``, ``chat_stream``); each left out has the gateway's default."""
+
+    session_id: str  # continue this session; empty: a new one
+    user_id: str  # act for this user (service keys only)
+    request_type: int | str  # "chat", "summarize", "extract", "code" or the enum number
+    priority: int | str  # "critical", "high", "normal", "low", "batch" or the enum number
+    model_hint: str  # this model answers, or the call fails UNAVAILABLE naming it ...
+    allow_model_substitution: bool  # ... unless another model may answer instead (the response's model says)
+    output_format: int | str  # also render the answer as a file: "pdf", "csv", "json", "markdown", …
+    output_template: str  # the template to render with
+    metadata: Mapping[str, str] | None
+    idempotency_key: str  # a retried turn with the same key answers once
+    max_output_tokens: int  # 0: the model's default
+    use_memory: bool | None  # None: the gateway's default (on)
+    use_tools: bool | None
+    tool_choice: str  # "auto", "none", "required" or a tool's name
+    client_tools: Sequence[Mapping[str, Any] | gateway_pb2.ToolSpec]  # [{"name", "description", "input_schema",
+    #                                                                     "output_schema"}]: tools the caller runs
+
+
+class LimitOptions(TypedDict, total=False):
+    """A scope's limits (``set_limits``); 0 is unlimited."""
+
+    requests_per_minute: int
+    tokens_per_minute: int
+    concurrent_requests: int
+    tokens_per_day: int
+    tokens_per_month: int
+    cost_micro_usd_per_month: int
+    cost_micro_usd_per_day: int
+
+
 def chat_request(
     message: str, *, session_id: str = "", user_id: str = "", request_type: int | str = 0,
     priority: int | str = 0, model_hint: str = "", output_format: int | str = 0, output_template: str = "",
@@ -41,6 +74,7 @@ def chat_request(
     use_memory: bool | None = None, use_tools: bool | None = None, tool_choice: str = "",
     client_tools: Sequence[Mapping[str, Any] | gateway_pb2.ToolSpec] = (), allow_model_substitution: bool = False,
 ) -> gateway_pb2.ChatRequest:
+    """The request of a chat turn (its keywords are :class:`ChatOptions`); an unknown enum name is a ValueError."""
     return gateway_pb2.ChatRequest(
         session_id=session_id, user_id=user_id, message=message,
         request_type=enum_value(request_type, REQUEST_TYPES, "request type"),
@@ -87,7 +121,7 @@ def auth_metadata(api_key: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {api_key}")] if api_key else []
 
 
-def limits_request(scope: str, limits: Mapping[str, int]) -> gateway_pb2.SetLimitsRequest:
+def limits_request(scope: str, limits: LimitOptions | Mapping[str, int]) -> gateway_pb2.SetLimitsRequest:
     try:
         return gateway_pb2.SetLimitsRequest(limits=gateway_pb2.Limits(scope=scope, **limits))
     except ValueError as exc:  # an unknown limit name

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moteur.devstack.stack import DEFAULT_DATA_DIR, LocalStack, StackOptions
-from moteur.gateway.auth import ApiKeyStore
+from moteur.runtime.api_keys import ApiKeyStore
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.settings import MongoSettings
 

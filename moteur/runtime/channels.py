@@ -15,7 +15,7 @@ get traffic.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -95,8 +95,6 @@ def reconnecting(budget_seconds: float = 2.0) -> tenacity.AsyncRetrying:
     )
 
 
-
-
 Response = TypeVar("Response")
 
 
@@ -113,6 +111,51 @@ async def call_service(
     except grpc.aio.AioRpcError as exc:
         raise from_rpc_error(exc, service) from exc
     raise AssertionError("unreachable: reconnecting() re-raises its last error")
+
+
+async def call_service_with_trailers(
+    method: Callable[..., grpc.aio.UnaryUnaryCall], request: Any, service: str, identity: Identity, timeout: float
+) -> tuple[Any, grpc.aio.Metadata]:
+    """:func:`call_service`, also returning the call's trailing metadata (e.g. the router's registry revision)."""
+    try:
+        async for attempt in reconnecting(budget_seconds=min(2.0, timeout)):
+            with attempt:
+                call = method(request, metadata=mesh_metadata(identity), timeout=timeout)
+                response = await call
+                return response, await call.trailing_metadata()
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc, service) from exc
+    raise AssertionError("unreachable: reconnecting() re-raises its last error")
+
+
+async def stream_service(
+    method: Callable[..., grpc.aio.UnaryStreamCall], request: Any, service: str, identity: Identity, timeout: float,
+    on_trailers: Callable[[grpc.aio.Metadata], None] | None = None,
+) -> AsyncIterator[Any]:
+    """The responses of a server-streaming call to another service of the mesh for ``identity``, with the rules
+    of :func:`call_service`: a peer that cannot be connected to is tried again, but only until the first
+    response arrives (a stream that started is never replayed); a failure becomes the status to pass on.
+    ``on_trailers`` is told the trailing metadata once the stream ended well. Closing the iterator early
+    cancels the call."""
+    call: grpc.aio.UnaryStreamCall | None = None
+    try:
+        async for attempt in reconnecting(budget_seconds=min(2.0, timeout)):
+            with attempt:
+                if call is not None:
+                    call.cancel()
+                call = method(request, metadata=mesh_metadata(identity), timeout=timeout)
+                response = await call.read()
+        assert call is not None
+        while response is not grpc.aio.EOF:
+            yield response
+            response = await call.read()
+        if on_trailers is not None:
+            on_trailers(await call.trailing_metadata())
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc, service) from exc
+    finally:
+        if call is not None:
+            call.cancel()
 
 
 def mesh_metadata(identity: Identity) -> list[tuple[str, str]]:

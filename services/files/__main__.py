@@ -8,6 +8,7 @@ from functools import partial
 
 from moteur.files.service import FileService
 from moteur.files.servicer import FilesServicer
+from moteur.files.settings import FilesSettings
 from moteur.files.storage import open_storage
 from moteur.files.store import FileStore, TemplateStore
 from moteur.files.tables import AskModel
@@ -16,7 +17,7 @@ from moteur.runtime.completion import complete_json
 from moteur.runtime.identity import SCOPE_FILES_READ, SCOPE_FILES_WRITE, SCOPE_TEMPLATES_WRITE, Identity
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.server import Registration, ServiceApp, run
-from moteur.runtime.settings import FilesSettings, MeshSettings, MongoSettings
+from moteur.runtime.settings import MeshSettings, MongoSettings
 from moteur.runtime.tasks import cancel_and_wait
 from moteur.v1 import files_pb2, files_pb2_grpc, router_pb2_grpc
 

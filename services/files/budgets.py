@@ -9,8 +9,8 @@ came first is DEADLINE_EXCEEDED.
 from __future__ import annotations
 
 from moteur.files.pool import LimitExceeded, PoolLimits, QueueFull
+from moteur.files.settings import FilesSettings
 from moteur.runtime.errors import DeadlineExceeded, InvalidArgument, MoteurError, QuotaViolation, ResourceExhausted
-from moteur.runtime.settings import FilesSettings
 
 CHECK, RENDER = "check", "render"
 

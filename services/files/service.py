@@ -37,6 +37,7 @@ from moteur.files.metrics import (
 )
 from moteur.files.pool import LimitExceeded, QueueFull, RenderPool
 from moteur.files.rendering import Oversize, RenderInput, check_template, produce, render_file
+from moteur.files.settings import FilesSettings
 from moteur.files.spreadsheets import XLSX_MAX_ROWS
 from moteur.files.storage import Storage
 from moteur.files.store import FileRecord, FileStore, TemplateStore
@@ -45,7 +46,6 @@ from moteur.files.templates import BUILT_INS, MAX_SOURCE_BYTES, TEMPLATE_NAME, T
 from moteur.files.worker import Job
 from moteur.runtime.errors import InvalidArgument, MoteurError, NotFound, QuotaViolation, ResourceExhausted
 from moteur.runtime.ids import new_id
-from moteur.runtime.settings import FilesSettings
 
 __all__ = ["CHUNK_BYTES", "FileService", "Owner", "RenderInput", "produce"]  # produce: for bench/files.py
 log = structlog.get_logger("moteur.files")

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from moteur.files.settings import FilesSettings
 from moteur.runtime.errors import NotFound
-from moteur.runtime.settings import FilesSettings
 
 
 class Storage(Protocol):

@@ -10,7 +10,7 @@ from redis.backoff import NoBackoff
 
 from moteur.gateway.admission import AdmissionControl
 from moteur.gateway.alerts import AlertLog
-from moteur.gateway.auth import ApiKeyStore, Authenticator
+from moteur.gateway.auth import Authenticator
 from moteur.gateway.conversation import Conversation
 from moteur.gateway.dispatch import DispatchPools
 from moteur.gateway.idempotency import IdempotencyStore
@@ -21,14 +21,16 @@ from moteur.gateway.recall import Recall
 from moteur.gateway.rendering import FileRenderer
 from moteur.gateway.servicer import GatewayServicer
 from moteur.gateway.sessions import SessionStore
+from moteur.gateway.settings import GatewaySettings, RedisSettings
 from moteur.gateway.tenants import TenantSettings
 from moteur.gateway.tooling import ToolBox
 from moteur.gateway.usage import UsageLedger
+from moteur.runtime.api_keys import ApiKeyStore
 from moteur.runtime.channels import open_channel
 from moteur.runtime.mesh_tokens import MeshTokenIssuer
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.server import Registration, ServiceApp, run
-from moteur.runtime.settings import GatewaySettings, MeshSettings, MongoSettings, RedisSettings
+from moteur.runtime.settings import MeshSettings, MongoSettings
 from moteur.v1 import (
     files_pb2_grpc,
     gateway_pb2,

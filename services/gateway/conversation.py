@@ -34,6 +34,7 @@ from moteur.gateway.outbox import MemoryOutbox
 from moteur.gateway.recall import OFF, Recall, Recollection
 from moteur.gateway.rendering import FileRenderer, RenderFailed, file_ref
 from moteur.gateway.sessions import Scope, Session, SessionStore, StoredMessage, new_message
+from moteur.gateway.settings import GatewaySettings
 from moteur.gateway.tenants import TenantSettings, TenantSwitches
 from moteur.gateway.tooling import (
     ClientTool,
@@ -44,7 +45,7 @@ from moteur.gateway.tooling import (
     result_doc,
 )
 from moteur.gateway.usage import TokenUsage, UsageLedger
-from moteur.runtime.channels import mesh_metadata, reconnecting
+from moteur.runtime.channels import call_service_with_trailers, stream_service
 from moteur.runtime.context import outgoing_timeout
 from moteur.runtime.errors import (
     Aborted,
@@ -52,17 +53,14 @@ from moteur.runtime.errors import (
     FailedPrecondition,
     MoteurError,
     Unavailable,
-    from_rpc_error,
 )
 from moteur.runtime.identity import MODELS_REVISION_HEADER, Identity, metadata_value
 from moteur.runtime.mongo import write_together
-from moteur.runtime.settings import GatewaySettings
+from moteur.runtime.protonames import ROLES
 from moteur.v1 import common_pb2, files_pb2, router_pb2, router_pb2_grpc
 
 log = structlog.get_logger("moteur.gateway.conversation")
 
-_PROMPT_ROLES = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT,
-                 "system": common_pb2.ROLE_SYSTEM, "tool": common_pb2.ROLE_TOOL}
 COMPLETED, REQUIRES_ACTION = "completed", "requires_action"
 
 
@@ -556,50 +554,33 @@ class Conversation:
     def _history(session: Session, memory: str) -> list[router_pb2.PromptMessage]:
         """The prompt before this turn's question: recalled memories, then the session's recent messages."""
         history = [router_pb2.PromptMessage(role=common_pb2.ROLE_SYSTEM, content=memory)] if memory else []
-        return history + [_prompt_message(m) for m in session.recent if m.role in _PROMPT_ROLES]
+        return history + [_prompt_message(m) for m in session.recent if m.role in ROLES]
 
-    def _call_options(self, identity: Identity, remaining: float) -> dict[str, Any]:
+    def _timeout(self, remaining: float) -> float:
         if remaining <= 0:
             raise DeadlineExceeded(f"the turn used its {self._settings.tool_loop_timeout_seconds:g} s for model and "
                                    "tool calls (MOTEUR_TOOL_LOOP_TIMEOUT_SECONDS); ask a narrower question")
-        timeout = min(outgoing_timeout(self._call_timeout), remaining)
-        return {"metadata": mesh_metadata(identity), "timeout": timeout}
+        return min(outgoing_timeout(self._call_timeout), remaining)
+
+    def _trailers(self, trailing: grpc.aio.Metadata) -> None:
+        self._on_registry(metadata_value(trailing, MODELS_REVISION_HEADER))
 
     async def _complete(
         self, identity: Identity, request: router_pb2.CompleteRequest, remaining: float
     ) -> router_pb2.CompleteResponse:
-        try:
-            async for attempt in reconnecting():
-                with attempt:
-                    call = self._router.Complete(request, **self._call_options(identity, remaining))
-                    response = await call
-                    self._on_registry(metadata_value(await call.trailing_metadata(), MODELS_REVISION_HEADER))
-                    return response
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, "router") from exc
-        raise AssertionError("unreachable: reconnecting() re-raises its last error")
+        response, trailing = await call_service_with_trailers(
+            self._router.Complete, request, "router", identity, self._timeout(remaining))
+        self._trailers(trailing)
+        return response
 
     async def _stream(
         self, identity: Identity, request: router_pb2.CompleteRequest, remaining: float
     ) -> AsyncIterator[str | router_pb2.CompleteResponse]:
-        try:
-            async for attempt in reconnecting():
-                with attempt:
-                    call = self._router.StreamComplete(request, **self._call_options(identity, remaining))
-                    await call.wait_for_connection()
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, "router") from exc
-        try:
-            async for event in call:
-                if event.HasField("delta"):
-                    yield event.delta.text
-                else:
-                    yield event.final
-            self._on_registry(metadata_value(await call.trailing_metadata(), MODELS_REVISION_HEADER))
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, "router") from exc
-        finally:
-            call.cancel()
+        events = stream_service(self._router.StreamComplete, request, "router", identity, self._timeout(remaining),
+                                on_trailers=self._trailers)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event.delta.text if event.HasField("delta") else event.final
 
 
 def _title(question: str) -> str:
@@ -628,7 +609,7 @@ def _numbered(calls: Sequence[common_pb2.ToolCall], round_: int) -> list[common_
 
 
 def _prompt_message(message: StoredMessage) -> router_pb2.PromptMessage:
-    prompt = router_pb2.PromptMessage(role=_PROMPT_ROLES[message.role], content=message.content)
+    prompt = router_pb2.PromptMessage(role=ROLES[message.role], content=message.content)
     if message.tool_calls:
         prompt.tool_calls.extend(common_pb2.ToolCall(**c) for c in message.tool_calls)
     if message.tool_result:

@@ -20,9 +20,9 @@ import structlog
 
 from moteur.gateway.metrics import DISPATCH_CAPACITY
 from moteur.gateway.queue import AdmissionQueue
+from moteur.gateway.settings import GatewaySettings
 from moteur.runtime.identity import SCOPE_MODELS, Identity
 from moteur.runtime.mesh_tokens import MeshTokenIssuer
-from moteur.runtime.settings import GatewaySettings
 from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 REGISTRY_READER = Identity("", "service:gateway", "", scopes=frozenset({SCOPE_MODELS}))

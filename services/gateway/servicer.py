@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from moteur.gateway import validation as check
 from moteur.gateway.admission import AdmissionControl, estimate_tokens
-from moteur.gateway.auth import ApiKeyStore, Authenticator
+from moteur.gateway.auth import Authenticator
 from moteur.gateway.conversation import (
     REQUIRES_ACTION,
     Conversation,
@@ -32,12 +32,14 @@ from moteur.gateway.sessions import Session, SessionStore, StoredMessage, parse_
 from moteur.gateway.tenants import TenantSettings, TenantSwitches
 from moteur.gateway.tooling import ToolBox, client_tools, tool_choice
 from moteur.gateway.usage import GROUPS, TokenUsage, UsageLedger, usage_report
-from moteur.runtime.channels import call_service, mesh_metadata, reconnecting
+from moteur.runtime.api_keys import ApiKeyStore
+from moteur.runtime.channels import call_service, stream_service
 from moteur.runtime.context import outgoing_timeout, time_remaining
-from moteur.runtime.errors import InvalidArgument, NotFound, PermissionDenied, from_rpc_error
+from moteur.runtime.errors import InvalidArgument, NotFound, PermissionDenied
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import is_valid_id
 from moteur.runtime.memory_limits import MAX_TEXT_CHARS
+from moteur.runtime.protonames import ROLES
 from moteur.runtime.timestamps import to_datetime
 from moteur.v1 import (
     common_pb2,
@@ -53,10 +55,6 @@ from moteur.v1 import (
 )
 
 Request = TypeVar("Request", bound=Message)
-
-_ROLES = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT,
-          "system": common_pb2.ROLE_SYSTEM, "tool": common_pb2.ROLE_TOOL}
-
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(
@@ -364,25 +362,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def _file_chunks(self, identity: Identity, file_id: str) -> AsyncIterator[files_pb2.FileChunk]:
         """The file's chunks from the files service; another user's file is NOT_FOUND for a user key."""
-        try:
-            async for attempt in reconnecting():  # a files service restarting: try again within 2 s
-                with attempt:
-                    call = self._files.GetFile(files_pb2.GetFileRequest(file_id=file_id),
-                                               metadata=mesh_metadata(identity), timeout=outgoing_timeout(300.0))
-                    await call.wait_for_connection()
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, "files") from exc
-        try:
+        chunks = stream_service(self._files.GetFile, files_pb2.GetFileRequest(file_id=file_id), "files", identity,
+                                outgoing_timeout(300.0))
+        async with contextlib.aclosing(chunks):
             first = True
-            async for chunk in call:
+            async for chunk in chunks:
                 if first and identity.user and chunk.info.user_id != identity.user:
                     raise NotFound(f"file {file_id} not found")
                 first = False
                 yield chunk
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, "files") from exc
-        finally:
-            call.cancel()
 
     async def ListTemplates(
         self, request: files_pb2.ListTemplatesRequest, context: grpc.aio.ServicerContext
@@ -518,7 +506,7 @@ def _usage(values: dict[str, int]) -> common_pb2.Usage:
 
 def _message(message: StoredMessage) -> common_pb2.Message:
     return common_pb2.Message(
-        id=message.id, role=_ROLES[message.role], content=message.content,
+        id=message.id, role=ROLES[message.role], content=message.content,
         created_at=_timestamp(message.created_at), model=message.model,
         usage=_usage(message.usage) if message.usage else None,
         tool_calls=[common_pb2.ToolCall(**c) for c in message.tool_calls],

@@ -19,13 +19,14 @@ from moteur.memory.facts import FactMemory
 from moteur.memory.forgotten import ForgottenUsers
 from moteur.memory.migration import Reembedding
 from moteur.memory.servicer import MemoryServicer
+from moteur.memory.settings import MemorySettings
 from moteur.memory.store import VectorStore
 from moteur.runtime.channels import open_channel
 from moteur.runtime.completion import Complete, complete_json
 from moteur.runtime.identity import SCOPE_EMBED, SCOPE_MEMORY_READ, SCOPE_MEMORY_WRITE, mesh_identity
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.server import Registration, ServiceApp, run
-from moteur.runtime.settings import MemorySettings, MeshSettings, MongoSettings
+from moteur.runtime.settings import MeshSettings, MongoSettings
 from moteur.v1 import memory_pb2, memory_pb2_grpc, router_pb2_grpc
 
 

@@ -10,11 +10,12 @@ from moteur.router.registry import load_models
 from moteur.router.reload import watch
 from moteur.router.routes import Embed
 from moteur.router.servicer import RouterServicer
+from moteur.router.settings import RouterSettings
 from moteur.runtime.channels import call_service, open_channel
 from moteur.runtime.identity import SCOPE_EMBED, SCOPE_MODELS, Identity
 from moteur.runtime.mesh_tokens import MeshTokenIssuer
 from moteur.runtime.server import Registration, ServiceApp, run
-from moteur.runtime.settings import MeshSettings, RouterSettings
+from moteur.runtime.settings import MeshSettings
 from moteur.runtime.tasks import cancel_and_wait
 from moteur.v1 import memory_pb2, memory_pb2_grpc, router_pb2, router_pb2_grpc
 

@@ -8,21 +8,18 @@ from typing import Any
 import grpc
 
 from moteur.router.orchestrator import CompletionRequest, ModelRouter, RoutedCompletion
-from moteur.router.providers import ModelTool, Role, ToolCall, Turn
+from moteur.router.providers import ModelTool, ToolCall, Turn
 from moteur.router.registry import REQUEST_TYPES, Route
 from moteur.runtime import jsontext
 from moteur.runtime.errors import InvalidArgument
 from moteur.runtime.identity import MODELS_REVISION_HEADER, mesh_identity
+from moteur.runtime.protonames import ROLE_NAMES
 from moteur.runtime.tooldefs import MAX_TOOLS, check_description, check_tool_name, check_unique, parse_schema
 from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 MAX_OUTPUT_TOKENS = 8192
 MAX_MESSAGES = 1000
 
-_ROLES: dict[int, Role] = {
-    common_pb2.ROLE_SYSTEM: "system", common_pb2.ROLE_USER: "user", common_pb2.ROLE_ASSISTANT: "assistant",
-    common_pb2.ROLE_TOOL: "tool",
-}
 _TOOL_CHOICES = ("", "auto", "none", "required")
 _FINISH = {
     "stop": common_pb2.FINISH_REASON_STOP, "length": common_pb2.FINISH_REASON_LENGTH,
@@ -123,7 +120,7 @@ def _from_proto(request: router_pb2.CompleteRequest, tier: str) -> CompletionReq
 
 def _turn(index: int, message: router_pb2.PromptMessage) -> Turn:
     where = f"messages[{index}]"
-    role = _ROLES.get(message.role)
+    role = ROLE_NAMES.get(message.role)
     if role is None:
         raise InvalidArgument(f"{where}.role", "must be ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL")
     if role == "tool" and not message.tool_call_id:

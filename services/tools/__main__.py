@@ -11,7 +11,7 @@ from moteur.runtime.identity import SCOPE_TOOLS
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.reload import reload, watch
 from moteur.runtime.server import Registration, ServiceApp, run
-from moteur.runtime.settings import MeshSettings, MongoSettings, ToolsSettings
+from moteur.runtime.settings import MeshSettings, MongoSettings
 from moteur.runtime.tasks import cancel_and_wait
 from moteur.tools.access import ToolAccess
 from moteur.tools.builtins import register_builtins
@@ -20,6 +20,7 @@ from moteur.tools.metrics import TOOLS_CONFIG_RELOADS
 from moteur.tools.policy import ToolsPolicy, load_policy
 from moteur.tools.registry import Registry
 from moteur.tools.servicer import ToolsServicer
+from moteur.tools.settings import ToolsSettings
 from moteur.v1 import files_pb2_grpc, memory_pb2_grpc, tools_pb2, tools_pb2_grpc
 
 MCP_STARTUP_WAIT_SECONDS = 10.0  # before the service says it is ready: MCP servers connect first

@@ -22,11 +22,11 @@ from typing import Any
 import pint
 import simpleeval
 
-from moteur.runtime.settings import ToolsSettings
 from moteur.tools.generate_file import GenerateFile
 from moteur.tools.http_get import HttpGet
 from moteur.tools.knowledge import KnowledgeSearch
 from moteur.tools.registry import Registry, ToolError, ToolSpec
+from moteur.tools.settings import ToolsSettings
 from moteur.v1 import files_pb2_grpc, memory_pb2_grpc
 
 _NUMBER = {"type": "number"}

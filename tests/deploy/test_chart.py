@@ -13,8 +13,8 @@ import yaml
 
 from moteur.devstack.stack import SERVICES
 from moteur.gateway.limits import TiersConfig, load_tiers
+from moteur.memory.settings import MemorySettings
 from moteur.router.registry import ModelsConfig
-from moteur.runtime.settings import MemorySettings
 
 CHART = Path(__file__).parents[2] / "deploy" / "helm" / "moteur"
 KUBERNETES_VERSION = "1.31"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 from test_chart import _by_kind, _render, _volume_names
 
-from moteur.runtime.settings import FilesSettings
+from moteur.files.settings import FilesSettings
 
 S3 = {"files": {"storage": "s3", "retentionDays": 7, "s3": {
     "endpoint": "http://minio:9000", "bucket": "moteur-files", "accessKeyId": "AKIATEST", "secretAccessKey": "s3cr3t"}}}

@@ -20,7 +20,8 @@ from test_chart import CHART, LOCAL, PRODUCTION, _by_kind, _render
 from test_chart_production import _pod, _validate
 
 from moteur.devstack.stack import SERVICES
-from moteur.runtime.settings import GatewaySettings, ServerSettings
+from moteur.gateway.settings import GatewaySettings
+from moteur.runtime.settings import ServerSettings
 
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
 METADATA = "169.254.169.254/32"

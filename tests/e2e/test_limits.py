@@ -12,6 +12,7 @@ from moteur.client import AsyncMoteurClient, MoteurClientError
 from moteur.devstack.models import CHAT_MODEL
 from moteur.runtime.ids import new_id
 from moteur.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.waiting import metric
 
 
 async def _limited_user(make_caller, tier: str = "standard", **limits: int):  # type: ignore[no-untyped-def]
@@ -233,10 +234,19 @@ async def test_after_a_redis_restart_no_call_fails_on_a_dead_pooled_connection(s
     standard = await _limited_user(make_caller, tier="standard")
     free = await _limited_user(make_caller, tier="free")  # fails closed: a Redis error would be UNAVAILABLE
     # calls at once: the gateway's Redis pool holds several connections, all dead after the restart
-    await asyncio.gather(*(standard.client.chat(f"warm {i}", model_hint="instant") for i in range(8)))
+    warm = await asyncio.gather(*(standard.client.chat(f"warm {i}", model_hint="instant") for i in range(8)))
+    assert all(reply.model == "instant" for reply in warm)
     await asyncio.to_thread(stack.restart, "redis")
+    fallbacks = {p: metric(stack, "gateway", "moteur_limiter_redis_unavailable_total", policy=p)
+                 for p in ("fail_open", "fail_closed")}
+    admitted = metric(stack, "gateway", "moteur_limiter_decisions_total", decision="admitted")
     for i in range(3):
-        await free.client.chat(f"after the restart {i}", model_hint="instant")
+        reply = await free.client.chat(f"after the restart {i}", model_hint="instant")
+        assert reply.model == "instant" and reply.message.content
+    # each was admitted by the restarted Redis, on a fresh connection: none met a dead one and fell back
+    assert {p: metric(stack, "gateway", "moteur_limiter_redis_unavailable_total", policy=p)
+            for p in ("fail_open", "fail_closed")} == fallbacks
+    assert metric(stack, "gateway", "moteur_limiter_decisions_total", decision="admitted") >= admitted + 3
 
 
 async def test_a_priority_above_the_tier_is_permission_denied(make_caller) -> None:

@@ -12,7 +12,10 @@ from typer.testing import CliRunner
 from moteur.cli.main import app
 from moteur.client import MoteurClientError
 from moteur.runtime.ids import new_id
+from moteur.runtime.mongo import database
+from moteur.runtime.settings import MongoSettings
 from moteur.v1 import memory_pb2
+from tests.waiting import eventually
 
 
 async def _facts_of(caller, expected: str) -> list:  # type: ignore[no-untyped-def]
@@ -22,6 +25,19 @@ async def _facts_of(caller, expected: str) -> list:  # type: ignore[no-untyped-d
             return list(page.records)
         await asyncio.sleep(0.2)
     raise AssertionError(f"no fact with {expected!r} arrived")
+
+
+async def _outbox_drained(stack, mongo, tenant: str) -> None:  # type: ignore[no-untyped-def]
+    """Waits until the memory outbox holds no entry of ``tenant``: the turn's entries are written with the turn,
+    before its answer, and deleted once memory stored them (and extracted facts, when asked). None of them
+    may have been dead-lettered: "absent from memory" must not mean "failed on the way"."""
+    db = database(mongo, MongoSettings(mongo_uri=stack.mongo_uri))
+
+    async def drained() -> bool:
+        return not await db["memory_outbox"].count_documents({"tenant": tenant})
+
+    await eventually(drained, timeout=30, message=f"the memory outbox still holds entries of {tenant}")
+    assert not await db["memory_outbox_dead"].count_documents({"tenant": tenant})
 
 
 async def test_a_user_lists_searches_edits_deletes_and_forgets_their_memories(make_caller) -> None:
@@ -113,7 +129,7 @@ def test_the_cli_lists_and_searches_memories(stack, alice, monkeypatch: pytest.M
     assert "embedding model: multilingual-e5-small-q4" in said_back and "(0 vectors left to re-embed)" in said_back
 
 
-async def test_an_admin_turns_recall_and_extraction_off_for_the_whole_tenant(make_caller) -> None:
+async def test_an_admin_turns_recall_and_extraction_off_for_the_whole_tenant(stack, mongo, make_caller) -> None:
     tenant = f"api-{new_id()}"
     admin, user = await make_caller(tenant, admin=True), await make_caller(tenant, "pia")
     with pytest.raises(MoteurClientError) as refused:
@@ -125,7 +141,7 @@ async def test_an_admin_turns_recall_and_extraction_off_for_the_whole_tenant(mak
 
     reply = await user.client.chat("My favourite bird is the puffin.", model_hint="instant")
     assert reply.route.entries["memory"] == "off"  # even though the request did not turn it off
-    await asyncio.sleep(2)  # time for the outbox: the message is stored, but no fact is extracted from it
+    await _outbox_drained(stack, mongo, tenant)  # the message is stored, but no fact is extracted from it
     assert not (await user.client.list_memories(kinds=["fact"])).records
     assert (await user.client.list_memories(kinds=["message"])).records
 
@@ -164,10 +180,10 @@ async def test_documents_are_chunked_searchable_and_replaced_by_id(make_caller) 
         assert error.value.code is grpc.StatusCode.INVALID_ARGUMENT and field in error.value.message
 
 
-async def test_with_message_memory_off_a_tenants_messages_never_reach_memory(make_caller) -> None:
+async def test_with_message_memory_off_a_tenants_messages_never_reach_memory(stack, mongo, make_caller) -> None:
     tenant = f"api-{new_id()}"
     admin, user = await make_caller(tenant, admin=True), await make_caller(tenant, "ren")
     assert (await admin.client.set_tenant_settings(message_memory=False)).message_memory is False
     await user.client.chat("My favourite river is the Loire.", model_hint="instant")
-    await asyncio.sleep(2)  # longer than the outbox takes when it has something to send
+    await _outbox_drained(stack, mongo, tenant)  # whatever the turn queued for memory was sent (none should be)
     assert not (await user.client.list_memories()).records

@@ -17,6 +17,7 @@ from moteur.devstack.processes import free_port
 from moteur.devstack.stack import LocalStack
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, router_pb2, router_pb2_grpc
+from tests.waiting import eventually, logged
 
 
 async def _list_models(stack: LocalStack) -> router_pb2.ListModelsResponse:
@@ -119,17 +120,24 @@ async def test_the_registry_reloads_on_change_and_a_broken_file_keeps_the_previo
         assert "reloaded" in {m.name for m in after.models}
         reply = await alice.client.chat("from the new registry", model_hint="reloaded")
         assert reply.message.model == "reloaded"
-        # That answer carried the new revision: the gateway re-read the capacities, two turns fit at once now.
-        await asyncio.sleep(0.3)
+        # That answer carried the new revision: the gateway re-reads the capacities (and logs them), after which
+        # two turns fit at once.
+        capacity = await eventually(
+            lambda: [e for e in logged(stack, "gateway", "dispatch.capacity") if e.get("revision") == after.revision],
+            message="the gateway did not re-read the registry's capacities after an answer of the new revision")
+        assert capacity[-1]["pools"]["model:paced-single"] == 2  # type: ignore[index]
         assert all(wait < 100 for wait in await _queue_waits(stack, alice.key, ["paced-single"] * 2))
 
+        refusals_before = len(logged(stack, "router", "router.config_refused"))
         config["routes"][0]["candidates"] = ["gpt-99"]
         stack.models_file.write_text(yaml.safe_dump(config))
-        await asyncio.sleep(1.0)  # time for the watcher to see the file and refuse it
+        # the watcher saw the broken file and refused it: only then does "the revision is unchanged" mean anything
+        refusals = await eventually(
+            lambda: [e for e in logged(stack, "router", "router.config_refused")[refusals_before:]
+                     if "unknown models ['gpt-99']" in str(e.get("error"))],
+            message="the router never refused the registry naming an unknown model")
+        assert refusals[-1]["kept_revision"] == after.revision
         assert (await _list_models(stack)).revision == after.revision
-        log = (stack.data_dir / "logs" / "router.log").read_text().splitlines()
-        refusal = [line for line in log if "router.config_refused" in line][-1]
-        assert "unknown models ['gpt-99']" in refusal
     finally:
         stack.models_file.write_text(original)
         await _wait_for(stack, lambda listed: listed.revision == before.revision)

@@ -13,7 +13,7 @@ from pymongo import AsyncMongoClient
 
 from moteur.client import AsyncMoteurClient
 from moteur.devstack.stack import LocalStack
-from moteur.gateway.auth import ApiKeyStore
+from moteur.runtime.api_keys import ApiKeyStore
 from moteur.runtime.mongo import database
 from moteur.runtime.settings import MongoSettings
 

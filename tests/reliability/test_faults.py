@@ -23,7 +23,7 @@ from moteur.devstack.models import CHAT_MODEL
 from moteur.devstack.processes import ManagedProcess
 from moteur.devstack.stack import LocalStack, StackOptions
 from moteur.devstack.supervisor import Backoff
-from moteur.gateway.auth import hash_key
+from moteur.runtime.api_keys import hash_key
 from moteur.runtime.identity import Identity
 from moteur.v1 import memory_pb2, memory_pb2_grpc
 

@@ -13,7 +13,7 @@ from reliability_kit import Keys
 
 from moteur.client import AsyncMoteurClient, MoteurClientError
 from moteur.devstack.stack import LocalStack, StackOptions
-from moteur.gateway.auth import hash_key
+from moteur.runtime.api_keys import hash_key
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -22,7 +22,7 @@ from bson import json_util
 
 from moteur.client import MoteurClientError
 from moteur.devstack.stack import LocalStack
-from moteur.gateway.auth import hash_key
+from moteur.runtime.api_keys import hash_key
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2, router_pb2, router_pb2_grpc, tools_pb2, tools_pb2_grpc
 from tests.mesh import signed

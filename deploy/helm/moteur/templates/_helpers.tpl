@@ -167,7 +167,7 @@ dns:///{{ include "moteur.fullname" .root }}-{{ .service }}-headless:50051
 http://{{ include "moteur.fullname" . }}-model-server:8080/v1
 {{- end -}}
 
-{{/* The environment of one service (a ConfigMap): what `moteur.runtime.settings` reads. */}}
+{{/* The environment of one service (a ConfigMap): what `moteur.runtime.settings` and its own `moteur.<service>.settings` read. */}}
 {{- define "moteur.serviceEnv" -}}
 {{- $root := .root -}}
 MOTEUR_GRPC_PORT: "50051"
