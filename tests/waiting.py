@@ -39,16 +39,24 @@ async def eventually(predicate: Callable[[], T | Awaitable[T]], timeout: float =
         await asyncio.sleep(interval)
 
 
+def _samples(metrics_port: int) -> list[tuple[str, dict[str, str], float]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return [(s.name, s.labels, float(s.value)) for family in text_string_to_metric_families(text)
+            for s in family.samples]
+
+
 def metric(stack: LocalStack, service: str, name: str, **labels: str) -> float:
     """One sample of a service's /metrics (``name`` as exposed, with a counter's ``_total``), 0 when absent."""
-    url = f"http://127.0.0.1:{stack.ports[f'{service}-metrics']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        text = reply.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
+    return next((value for sample, these, value in _samples(stack.ports[f"{service}-metrics"])
+                 if sample == name and these == labels), 0.0)
+
+
+def metric_sum(metrics_port: int, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` carrying ``labels`` (among others) at one /metrics port: a replica
+    started apart from the stack has a port of its own."""
+    return sum(value for sample, these, value in _samples(metrics_port)
+               if sample == name and labels.items() <= these.items())
 
 
 def logged(stack: LocalStack, service: str, event: str) -> list[dict[str, object]]:

@@ -274,8 +274,6 @@ class BatchingEmbedder:
             raise ValueError(f"the query lane runs {query_model.model_id!r}, the passage lane {model.model_id!r}: "
                              "one store cannot mix them")
         self.model = model
-        self.max_batch = max_batch
-        self.max_wait_seconds = max_wait_seconds
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         if query_model is None:

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from moteur.devstack.processes import ManagedProcess
 from moteur.devstack.stack import LocalStack, StackOptions
 from moteur.runtime.channels import open_channel
 from moteur.runtime.identity import Identity
 from moteur.v1 import memory_pb2, memory_pb2_grpc
+from tests.waiting import metric_sum
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -26,11 +25,7 @@ CALLS = 90
 
 def _answered(metrics_port: int, service: str = "router", method: str = "Complete") -> float:
     """Calls of ``method`` a replica has answered, from its /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == "moteur_rpc_requests_total" and sample.labels.get("method") == method
-               and sample.labels.get("service") == service)
+    return metric_sum(metrics_port, "moteur_rpc_requests_total", service=service, method=method)
 
 
 def _completes(metrics_port: int) -> float:

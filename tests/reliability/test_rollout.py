@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from moteur.client.requests import auth_metadata
 from moteur.devstack.stack import LocalStack, StackOptions
 from moteur.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.waiting import metric_sum
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -27,11 +26,7 @@ ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
 def _served(metrics_port: int, method: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "moteur_rpc_requests_total" and s.labels.get("method") == method
-               and s.labels.get("service") == "gateway" and s.labels.get("code") == "OK")
+    return metric_sum(metrics_port, "moteur_rpc_requests_total", method=method, service="gateway", code="OK")
 
 
 @pytest.fixture(scope="module")
