@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
-from moteur.runtime.channels import call_service_with_trailers, open_channel, stream_service
-from moteur.runtime.errors import Unavailable
+from moteur.runtime.channels import call_service, call_service_with_trailers, open_channel, stream_service
+from moteur.runtime.errors import RemoteError, Unavailable
 from moteur.runtime.identity import TOKEN_HEADER, Identity
 
 IDENTITY = Identity("acme", "alice", "standard", token="signed-token")
@@ -154,3 +155,45 @@ async def test_closing_a_stream_early_cancels_the_call(peer_up) -> None:
     stream = stream_service(channel.unary_stream("/test.Echo/Stream"), b"hi", "echo", IDENTITY, timeout=5)
     assert await anext(stream) == b"one:hi"
     await stream.aclose()  # no error, and the call is cancelled in the finally
+
+
+class FlakyMemory:
+    """``moteur.v1.Memory`` answering UNAVAILABLE with a transport's words ("Socket closed") to its first call
+    of each method, as when a connection ends under a call; then it answers."""
+
+    def __init__(self) -> None:
+        self.calls = {"Delete": 0, "Upsert": 0}
+
+    def _method(self, name: str):  # type: ignore[no-untyped-def]
+        async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.calls[name] += 1
+            if self.calls[name] == 1:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "Socket closed")
+            return b"done"
+        return grpc.unary_unary_rpc_method_handler(answer)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler("moteur.v1.Memory", {n: self._method(n) for n in self.calls})
+
+
+async def test_a_deletion_cut_by_the_transport_is_repeated_and_a_write_is_not_but_is_logged() -> None:
+    memory, port = FlakyMemory(), _free_port()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((memory.handler(),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    channel = open_channel(f"127.0.0.1:{port}")
+    try:
+        # Deleting again deletes nothing more: the channel's retry policy repeats it.
+        assert await call_service(channel.unary_unary("/moteur.v1.Memory/Delete"), b"", "memory", IDENTITY,
+                                  timeout=5) == b"done"
+        assert memory.calls["Delete"] == 2
+        # A write may have landed: it is passed on, once, and the transport's words are in the log.
+        with capture_logs() as logs, pytest.raises(RemoteError, match="Socket closed"):
+            await call_service(channel.unary_unary("/moteur.v1.Memory/Upsert"), b"", "memory", IDENTITY, timeout=5)
+        assert memory.calls["Upsert"] == 1
+        assert {"event": "mesh.call_failed", "peer": "memory", "code": "UNAVAILABLE", "details": "Socket closed",
+                "log_level": "warning"} in logs
+    finally:
+        await channel.close()
+        await server.stop(None)

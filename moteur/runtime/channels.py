@@ -1,9 +1,10 @@
 """Channels to the other services of the mesh, and the metadata every outgoing call carries.
 
-Retries: the channel's service config retries UNAVAILABLE for the idempotent read methods listed
-below. Model calls are not retried on a status because the router does its own retries and fallbacks,
-and a second attempt would double a slow, paid call — but a call that could not even connect (the peer
-is restarting) never reached it, so :func:`reconnecting` retries those briefly. Reconnection backoff is
+Retries: the channel's service config retries UNAVAILABLE for the methods listed below, which are safe to
+repeat (reads, and deletions: deleting again deletes nothing more). Model calls are not retried on a status
+because the router does its own retries and fallbacks, and a second attempt would double a slow, paid call —
+but a call that could not even connect (the peer is restarting) never reached it, so :func:`reconnecting`
+retries those briefly. Reconnection backoff is
 kept short so a restarted peer is used again within a second.
 
 Balancing: a channel spreads its calls over every address its target resolves to (``round_robin``): in a
@@ -19,18 +20,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+import structlog
 import tenacity
 
 from moteur.runtime.context import request_id_var
-from moteur.runtime.errors import from_rpc_error
+from moteur.runtime.errors import MoteurError, from_rpc_error
 from moteur.runtime.identity import REQUEST_ID_HEADER, Identity
 from moteur.runtime.tls import TlsSettings
 from moteur.runtime.tracing import inject_context
 
-_IDEMPOTENT_READS = [
+_SAFE_TO_REPEAT = [
     {"service": "moteur.v1.Router", "method": "ListModels"},
     {"service": "moteur.v1.Memory", "method": "Embed"},
     {"service": "moteur.v1.Memory", "method": "Search"},
+    {"service": "moteur.v1.Memory", "method": "List"},
+    {"service": "moteur.v1.Memory", "method": "FactHistory"},
+    {"service": "moteur.v1.Memory", "method": "Delete"},
     {"service": "moteur.v1.Files", "method": "GetFile"},
     {"service": "moteur.v1.Files", "method": "ListFiles"},
     {"service": "moteur.v1.Files", "method": "ListTemplates"},
@@ -44,7 +49,7 @@ SERVICE_CONFIG = json.dumps(
         "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
-                "name": _IDEMPOTENT_READS,
+                "name": _SAFE_TO_REPEAT,
                 "retryPolicy": {
                     "maxAttempts": 3,
                     "initialBackoff": "0.05s",
@@ -75,6 +80,19 @@ def open_channel(address: str, max_message_bytes: int = 8 * 1024 * 1024,
     if tls.enabled:
         return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
     return grpc.aio.insecure_channel(address, options=options)
+
+
+log = structlog.get_logger(__name__)
+# A peer's answer with one of these is the mesh failing, not the caller's mistake: worth a line.
+_MESH_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+
+def _passed_on(exc: grpc.aio.AioRpcError, service: str) -> MoteurError:
+    """The status to answer our caller with; a failure of the mesh is logged with the transport's words
+    (e.g. "Socket closed"), which the caller's message does not carry."""
+    if exc.code() in _MESH_FAILURES:
+        log.warning("mesh.call_failed", peer=service, code=exc.code().name, details=exc.details())
+    return from_rpc_error(exc, service)
 
 
 def _never_connected(exc: BaseException) -> bool:
@@ -109,7 +127,7 @@ async def call_service(
             with attempt:
                 return await method(request, metadata=mesh_metadata(identity), timeout=timeout)
     except grpc.aio.AioRpcError as exc:
-        raise from_rpc_error(exc, service) from exc
+        raise _passed_on(exc, service) from exc
     raise AssertionError("unreachable: reconnecting() re-raises its last error")
 
 
@@ -124,7 +142,7 @@ async def call_service_with_trailers(
                 response = await call
                 return response, await call.trailing_metadata()
     except grpc.aio.AioRpcError as exc:
-        raise from_rpc_error(exc, service) from exc
+        raise _passed_on(exc, service) from exc
     raise AssertionError("unreachable: reconnecting() re-raises its last error")
 
 
@@ -152,7 +170,7 @@ async def stream_service(
         if on_trailers is not None:
             on_trailers(await call.trailing_metadata())
     except grpc.aio.AioRpcError as exc:
-        raise from_rpc_error(exc, service) from exc
+        raise _passed_on(exc, service) from exc
     finally:
         if call is not None:
             call.cancel()

@@ -221,6 +221,8 @@ class _Call:
             self.code = self.context.code() or grpc.StatusCode.UNKNOWN
             return
         error = translate_exception(exc)
+        if error is not None and error is not exc:  # a store's failure: which one and where, not its words
+            log.warning("rpc.store_failed", code=error.code.name, **exception_summary(exc))
         if error is None:
             # The type and where it was raised, never its message or locals: they may hold user text.
             log.error("rpc.unhandled_error", **exception_summary(exc))

@@ -244,7 +244,9 @@ def _request_class(rpc: Rpc) -> tuple[Descriptor, type[Message]]:
     return method.input_type, message_factory.GetMessageClass(method.input_type)
 
 
-def _call(channel: grpc.Channel, rpc: Rpc, request: Message, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+def _call(channel: grpc.Channel, rpc: Rpc, request: Message,
+          metadata: list[tuple[str, str]]) -> tuple[grpc.StatusCode, str]:
+    """The status the call ended with, and its message (which names the cause when a test fails)."""
     method = getattr(rpc.stub(channel), rpc.name)
     try:
         reply = method(request, metadata=metadata, timeout=CALL_DEADLINE)
@@ -252,8 +254,8 @@ def _call(channel: grpc.Channel, rpc: Rpc, request: Message, metadata: list[tupl
             for _ in reply:
                 pass
     except grpc.RpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
+        return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
 
 
 def _healthy(address: str) -> bool:
@@ -325,10 +327,10 @@ def test_random_requests_get_only_the_right_statuses(stack: LocalStack, fuzz_key
                   suppress_health_check=list(HealthCheck))
         @given(request=messages(descriptor, cls, dict(rpc.overrides)))
         def one_case(request: Message) -> None:
-            code = _call(channel, rpc, request, _metadata(rpc, fuzz_key))
+            code, details = _call(channel, rpc, request, _metadata(rpc, fuzz_key))
             seen[code] = seen.get(code, 0) + 1
             assert code in ALLOWED | SLOW.get(str(rpc), frozenset()), \
-                f"{rpc} answered {code.name} to {str(request)[:2000]}"
+                f"{rpc} answered {code.name} ({details!r}) to {str(request)[:2000]}"
 
         one_case()
     down = [s for s in SERVICES if not stack.processes[s].running() or not _healthy(stack.address(s))]
