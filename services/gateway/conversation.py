@@ -196,8 +196,8 @@ class Conversation:
         self, mongo: AsyncMongoClient, sessions: SessionStore, usage: UsageLedger, idempotency: IdempotencyStore,
         router: router_pb2_grpc.RouterStub, call_timeout: float,
         on_registry: Callable[[str], None] = lambda revision: None,
-        recall: Recall | None = None, outbox: MemoryOutbox | None = None, tenants: TenantSettings | None = None,
-        *, toolbox: ToolBox, settings: GatewaySettings, files: FileRenderer,
+        *, recall: Recall, outbox: MemoryOutbox, tenants: TenantSettings, toolbox: ToolBox, settings: GatewaySettings,
+        files: FileRenderer,
     ) -> None:
         self._files = files
         self._toolbox = toolbox
@@ -245,7 +245,7 @@ class Conversation:
                 await asyncio.shield(self._idempotency.release(identity.tenant, turn.idempotency_key))
 
     async def _run(self, identity: Identity, scope: Scope, turn: TurnInput, stream: bool) -> AsyncIterator[TurnEvent]:
-        switches = await self._tenants.get(identity.tenant) if self._tenants is not None else TenantSwitches()
+        switches = await self._tenants.get(identity.tenant)
         # The session (with memories), the tenant's tools and the file template do not depend on each other.
         (session, recollection), tools, _ = await asyncio.gather(
             self._session_and_memories(identity, scope, turn, recall=turn.use_memory and switches.memory_recall),
@@ -256,13 +256,13 @@ class Conversation:
         question = new_message("user", turn.message)
         learns = turn.use_memory and switches.fact_extraction and switches.message_memory  # as the outbox's Extract
         learning = self._recall.learn(identity, session.user, session.id, question.id, question.content) \
-            if self._recall is not None and session.user and learns else None
+            if session.user and learns else None
         memory = recollection.prompt()
         loop = _Loop(turn, question, self._history(session, memory), tools, memory, _memory_summary(recollection),
                      self._loop_deadline())
         loop.prompt.append(router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content=question.content))
         yield TurnStarted(session.id, question.id)
-        with self._outbox.chatting() if self._outbox is not None else contextlib.nullcontext():
+        with self._outbox.chatting():
             async for event in self._loop(identity, session, loop, stream, switches):
                 if isinstance(event, TurnResult) and learning is not None:
                     await learning  # what the question stated is known before its answer is given
@@ -292,7 +292,7 @@ class Conversation:
                                                   tool_loop_timeout_seconds):
             raise Aborted(f"another SubmitToolResults is continuing the turn of session {session.id}; wait for "
                           "its answer")
-        switches = await self._tenants.get(identity.tenant) if self._tenants is not None else TenantSwitches()
+        switches = await self._tenants.get(identity.tenant)
         question = StoredMessage.from_doc({**pending["question"], "role": "user"})
         loop = _Loop(continued.turn, question, self._history(session, pending["memory_prompt"]),
                      await self._tools(identity, continued.turn), pending["memory_prompt"], pending["route"],
@@ -511,31 +511,27 @@ class Conversation:
         if not question and not loop.unsaved:
             return
         try:
-            outbox = self._outbox.writes(session, question) if self._outbox is not None and to_memory else []
+            outbox = self._outbox.writes(session, question) if to_memory else []
             await write_together(self._mongo, [*self._sessions.turn_writes(session, [*question, *loop.unsaved]),
                                                *outbox])
-            if self._outbox is not None:
-                self._outbox.written()
+            self._outbox.written()
         except Exception:
             log.exception("chat.question_not_persisted", session_id=session.id, message_id=loop.question.id)
 
     async def forget_session(self, tenant: str, session_id: str) -> None:
         """A deleted session's messages leave memory as well (through the outbox)."""
-        if self._outbox is not None:
-            await self._outbox.forget_session(tenant, session_id)
+        await self._outbox.forget_session(tenant, session_id)
 
     async def forget_user(self, tenant: str, user: str) -> None:
         """A forgotten user's messages still waiting in the outbox never reach memory."""
-        if self._outbox is not None:
-            await self._outbox.forget_user(tenant, user)
+        await self._outbox.forget_user(tenant, user)
 
     async def _session_and_memories(
         self, identity: Identity, scope: Scope, turn: TurnInput, recall: bool
     ) -> tuple[Session, Recollection]:
         """The session (read, or new) and what memory recalls of its user for the question; the two are
         fetched side by side when the user is known before the session is read."""
-        recalling = self._recall is not None and recall
-        early = self._recall.search(identity, turn.user, turn.message) if recalling and turn.user else None
+        early = self._recall.search(identity, turn.user, turn.message) if recall and turn.user else None
         if turn.session_id:
             if early is not None:
                 session, recollection = await asyncio.gather(self._sessions.get(scope, turn.session_id), early)
@@ -544,7 +540,7 @@ class Conversation:
         else:
             session = SessionStore.new(identity.tenant, turn.user, title=turn.message[:80], metadata=turn.metadata)
             recollection = await early if early is not None else OFF
-        if self._recall is None or not recalling or not session.user:
+        if not recall or not session.user:
             return session, OFF  # memories are a user's: a turn without one recalls nothing
         if early is None:
             recollection = await self._recall.search(identity, session.user, turn.message)
