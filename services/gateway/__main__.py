@@ -10,6 +10,7 @@ from redis.backoff import NoBackoff
 
 from moteur.gateway.admission import AdmissionControl
 from moteur.gateway.alerts import AlertLog
+from moteur.gateway.api import AdminRpcs, ChatRpcs, FileRpcs, MemoryRpcs, SessionRpcs, gateway_servicer
 from moteur.gateway.auth import Authenticator
 from moteur.gateway.conversation import Conversation
 from moteur.gateway.dispatch import DispatchPools
@@ -19,7 +20,6 @@ from moteur.gateway.limits import LimitsCatalog, load_tiers
 from moteur.gateway.outbox import MemoryOutbox
 from moteur.gateway.recall import Recall
 from moteur.gateway.rendering import FileRenderer
-from moteur.gateway.servicer import GatewayServicer
 from moteur.gateway.sessions import SessionStore
 from moteur.gateway.settings import GatewaySettings, RedisSettings
 from moteur.gateway.tenants import TenantSettings
@@ -78,15 +78,20 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
         outbox=outbox, tenants=tenants, toolbox=toolbox, settings=settings,
         files=FileRenderer(files, mesh.call_timeout_seconds),
     )
+    auth = Authenticator(keys, issuer)
+    servicer = gateway_servicer(
+        ChatRpcs(auth, conversation, admission, router, toolbox),
+        SessionRpcs(auth, sessions, conversation),
+        MemoryRpcs(auth, memory, conversation),
+        FileRpcs(auth, files),
+        AdminRpcs(auth, keys, usage, admission, tenants),
+    )
     outbox.start()
     try:
         yield [
             Registration(
                 gateway_pb2.DESCRIPTOR.services_by_name["Gateway"],
-                GatewayServicer(
-                    Authenticator(keys, issuer), keys, sessions, usage, conversation, admission, router, memory,
-                    tenants, toolbox, files,
-                ),
+                servicer,
                 gateway_pb2_grpc.add_GatewayServicer_to_server,
                 on_drain=pools.drain,  # queued turns are handed back at once, in-flight ones finish
             )

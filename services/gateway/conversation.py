@@ -28,7 +28,7 @@ import grpc
 import structlog
 from pymongo import AsyncMongoClient
 
-from moteur.gateway.idempotency import IdempotencyStore, fingerprint
+from moteur.gateway.idempotency import IdempotencyStore
 from moteur.gateway.metrics import CHAT_TOKENS, CHAT_TURNS, GATEWAY_TOOL_CALLS, TOOL_LOOPS, TOOL_ROUNDS
 from moteur.gateway.outbox import MemoryOutbox
 from moteur.gateway.recall import OFF, Recall, Recollection
@@ -37,12 +37,23 @@ from moteur.gateway.sessions import Scope, Session, SessionStore, StoredMessage,
 from moteur.gateway.settings import GatewaySettings
 from moteur.gateway.tenants import TenantSettings, TenantSwitches
 from moteur.gateway.tooling import (
-    ClientTool,
     ToolBox,
     TurnTools,
     check_client_results,
     model_view,
     result_doc,
+)
+from moteur.gateway.turns import (
+    REQUIRES_ACTION,
+    Continuation,
+    PendingTurn,
+    TextDelta,
+    ToolFinished,
+    ToolStarted,
+    TurnEvent,
+    TurnInput,
+    TurnResult,
+    TurnStarted,
 )
 from moteur.gateway.usage import TokenUsage, UsageLedger
 from moteur.runtime.channels import call_service_with_trailers, stream_service
@@ -60,103 +71,6 @@ from moteur.runtime.protonames import ROLES
 from moteur.v1 import common_pb2, files_pb2, router_pb2, router_pb2_grpc
 
 log = structlog.get_logger("moteur.gateway.conversation")
-
-COMPLETED, REQUIRES_ACTION = "completed", "requires_action"
-
-
-@dataclass(frozen=True, slots=True)
-class TurnInput:
-    session_id: str  # '' starts a new session
-    user: str
-    message: str
-    request_type: int = common_pb2.REQUEST_TYPE_UNSPECIFIED
-    priority: int = common_pb2.PRIORITY_NORMAL
-    model_hint: str = ""
-    max_output_tokens: int = 0
-    idempotency_key: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-    use_memory: bool = True
-    use_tools: bool = True  # offer the registry's tools the tenant may use
-    tool_choice: str = ""  # "" (auto), "none", "required" or a tool's name
-    client_tools: tuple[ClientTool, ...] = ()
-    output_format: int = common_pb2.FILE_FORMAT_UNSPECIFIED  # set: the answer is rendered into a file
-    output_template: str = ""
-    allow_model_substitution: bool = False  # another model may answer when the one named by model_hint cannot
-
-    def fingerprint(self) -> str:
-        return fingerprint(self.session_id, self.user, self.message, str(self.request_type), self.model_hint)
-
-    def continuation(self) -> dict[str, Any]:
-        """What a SubmitToolResults needs of this turn's settings."""
-        return {"request_type": self.request_type, "priority": self.priority, "model_hint": self.model_hint,
-                "max_output_tokens": self.max_output_tokens, "use_tools": self.use_tools,
-                "allow_model_substitution": self.allow_model_substitution,
-                "tool_choice": self.tool_choice, "client_tools": [t.to_doc() for t in self.client_tools],
-                "output_format": self.output_format, "output_template": self.output_template}
-
-    @classmethod
-    def continued(cls, session: Session, question: str, saved: dict[str, Any]) -> TurnInput:
-        return cls(session.id, session.user, question, saved["request_type"], saved["priority"],
-                   saved["model_hint"], saved["max_output_tokens"], use_memory=False, use_tools=saved["use_tools"],
-                   tool_choice=saved["tool_choice"],
-                   client_tools=tuple(ClientTool.from_doc(t) for t in saved["client_tools"]),
-                   output_format=saved.get("output_format", 0), output_template=saved.get("output_template", ""),
-                   allow_model_substitution=saved.get("allow_model_substitution", False))
-
-
-@dataclass(slots=True)
-class TurnResult:
-    session_id: str
-    user_message_id: str
-    answer: StoredMessage
-    finish_reason: int
-    replay: bool = False
-    route: dict[str, str] = field(default_factory=dict)
-    status: str = COMPLETED  # or REQUIRES_ACTION: ``pending`` lists the caller's calls to answer
-    pending: list[dict[str, str]] = field(default_factory=list)
-    # REQUIRES_ACTION: what the session keeps for SubmitToolResults (not part of the answer)
-    pending_doc: dict[str, Any] | None = None
-
-    @property
-    def usage(self) -> TokenUsage:
-        return TokenUsage.from_dict(self.answer.usage)
-
-    def to_record(self) -> dict[str, Any]:
-        return {"session_id": self.session_id, "user_message_id": self.user_message_id,
-                "answer": self.answer.to_doc(), "finish_reason": self.finish_reason, "route": self.route,
-                "status": self.status, "pending": self.pending}
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> TurnResult:
-        return cls(record["session_id"], record["user_message_id"], StoredMessage.from_doc(record["answer"]),
-                   record["finish_reason"], replay=True, route=record.get("route", {}),
-                   status=record.get("status", COMPLETED), pending=record.get("pending", []))
-
-
-@dataclass(frozen=True, slots=True)
-class TurnStarted:
-    session_id: str
-    user_message_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class TextDelta:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolStarted:
-    call: common_pb2.ToolCall
-    runs_on_caller: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ToolFinished:
-    call: common_pb2.ToolCall
-    result: common_pb2.ToolResult
-
-
-TurnEvent = TurnStarted | TextDelta | ToolStarted | ToolFinished | TurnResult
 
 
 @dataclass(slots=True)
@@ -179,16 +93,6 @@ class _Loop:
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
-
-
-@dataclass(frozen=True, slots=True)
-class Continuation:
-    """A checked SubmitToolResults, ready for admission and then :meth:`Conversation.resume`."""
-
-    session: Session
-    turn: TurnInput
-    pending: dict[str, Any]
-    results: list[common_pb2.ToolResult]
 
 
 class Conversation:
@@ -276,28 +180,27 @@ class Conversation:
         if pending is None:
             raise FailedPrecondition(f"no turn of session {session_id} waits for tool results; SubmitToolResults "
                                      "answers a ChatResponse whose status was REQUIRES_ACTION")
-        if pending["expires_at"].replace(tzinfo=UTC) < datetime.now(UTC):
+        if pending.expires_at.replace(tzinfo=UTC) < datetime.now(UTC):
             raise FailedPrecondition(f"the turn of session {session_id} waited for tool results until "
-                                     f"{pending['expires_at']:%Y-%m-%d %H:%M:%S} UTC and expired; send the "
+                                     f"{pending.expires_at:%Y-%m-%d %H:%M:%S} UTC and expired; send the "
                                      "question again")
-        tools = {t["name"]: ClientTool.from_doc(t) for t in pending["turn"]["client_tools"]}
-        ordered = check_client_results(results, pending["calls"], tools)
-        turn = TurnInput.continued(session, pending["question"]["content"], pending["turn"])
+        tools = {t.name: t for t in pending.turn.client_tools}
+        ordered = check_client_results(results, pending.calls, tools)
+        turn = TurnInput.continued(session, pending.question.content, pending.turn)
         return Continuation(session, turn, pending, ordered)
 
     async def resume(self, identity: Identity, scope: Scope, continued: Continuation) -> TurnResult:
         """Continue a turn with the caller's tool results: the same loop, from where it stopped."""
         session, pending = continued.session, continued.pending
-        if not await self._sessions.claim_pending(scope, session.id, pending["id"], self._settings.
+        if not await self._sessions.claim_pending(scope, session.id, pending.id, self._settings.
                                                   tool_loop_timeout_seconds):
             raise Aborted(f"another SubmitToolResults is continuing the turn of session {session.id}; wait for "
                           "its answer")
         switches = await self._tenants.get(identity.tenant)
-        question = StoredMessage.from_doc({**pending["question"], "role": "user"})
-        loop = _Loop(continued.turn, question, self._history(session, pending["memory_prompt"]),
-                     await self._tools(identity, continued.turn), pending["memory_prompt"], pending["route"],
-                     self._loop_deadline(), question_stored=True, rounds=pending["rounds"], pending_id=pending["id"],
-                     resumed_at_round=pending["rounds"])
+        loop = _Loop(continued.turn, pending.question, self._history(session, pending.memory_prompt),
+                     await self._tools(identity, continued.turn), pending.memory_prompt, dict(pending.route),
+                     self._loop_deadline(), question_stored=True, rounds=pending.rounds, pending_id=pending.id,
+                     resumed_at_round=pending.rounds)
         for result in continued.results:
             message = new_message("tool", model_view(result), tool_result=result_doc(result))
             loop.unsaved.append(message)
@@ -310,7 +213,7 @@ class Conversation:
                     result = event
         except BaseException:
             # The caller may submit again: nothing of this attempt was persisted but finished rounds.
-            await asyncio.shield(self._sessions.release_pending(scope, session.id, pending["id"]))
+            await asyncio.shield(self._sessions.release_pending(scope, session.id, pending.id))
             raise
         assert result is not None, "a turn always ends with its result"
         return result
@@ -417,14 +320,15 @@ class Conversation:
         """One round of tool calls and results (with the question, the first time) in one write; a round
         that waits for the caller also records its usage and its idempotent answer."""
         stored = [*([] if loop.question_stored else [loop.question]), *loop.unsaved, *messages]
-        writes: list[Any] = list(self._sessions.turn_writes(session, stored, pending and pending.pending_doc))
+        pending_turn = pending.pending_turn if pending is not None else None
+        writes: list[Any] = list(self._sessions.turn_writes(session, stored, pending_turn))
         if pending is not None:
             writes.append(self._usage.record_write(identity, session.user, session.id, messages[0].model, loop.usage))
             if loop.turn.idempotency_key:
                 writes.append(self._idempotency.complete_write(identity.tenant, loop.turn.idempotency_key,
                                                                pending.to_record()))
         await write_together(self._mongo, writes)
-        session.stored, session.pending = True, pending and pending.pending_doc
+        session.stored, session.pending = True, pending_turn
         loop.question_stored, loop.unsaved = True, []
 
     async def _wait_for_caller(
@@ -438,13 +342,10 @@ class Conversation:
         expires = datetime.now(UTC) + timedelta(seconds=self._settings.tool_results_wait_seconds)
         result = TurnResult(session.id, loop.question.id, asking, common_pb2.FINISH_REASON_TOOL_CALLS, route=route,
                             status=REQUIRES_ACTION, pending=calls)
-        result.pending_doc = {
-            "id": asking.id, "calls": calls, "rounds": loop.rounds, "expires_at": expires,
-            "lease_until": datetime.now(UTC), "memory_prompt": loop.memory_prompt, "route": loop.route,
-            "question": {"_id": loop.question.id, "content": loop.question.content,
-                         "created_at": loop.question.created_at},
-            "turn": loop.turn.continuation(),
-        }
+        result.pending_turn = PendingTurn(
+            asking.id, tuple(calls), loop.rounds, expires, datetime.now(UTC), loop.memory_prompt, dict(loop.route),
+            loop.question, loop.turn.continuation(),
+        )
         await self._persist_round(identity, session, loop, [asking, *answered], result)
         TOOL_LOOPS.labels("requires_action").inc()
         TOOL_ROUNDS.observe(loop.rounds)
@@ -587,8 +488,8 @@ def _title(question: str) -> str:
 
 def _refuse_if_pending(session: Session) -> None:
     pending = session.pending
-    if pending is not None and pending["expires_at"].replace(tzinfo=UTC) > datetime.now(UTC):
-        calls = ", ".join(c["id"] for c in pending["calls"])
+    if pending is not None and pending.expires_at.replace(tzinfo=UTC) > datetime.now(UTC):
+        calls = ", ".join(c["id"] for c in pending.calls)
         raise FailedPrecondition(f"session {session.id} has a turn waiting for the results of tool call(s) "
                                  f"{calls}: send them with SubmitToolResults first")
 

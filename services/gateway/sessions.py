@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pymongo import DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
@@ -22,6 +22,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from moteur.runtime.errors import InvalidArgument, NotFound
 from moteur.runtime.ids import is_valid_id, new_id
 from moteur.runtime.mongo import insert_new, insert_once
+
+if TYPE_CHECKING:
+    from moteur.gateway.turns import PendingTurn
 
 RECENT_MESSAGES = 50
 Role = Literal["user", "assistant", "system", "tool"]
@@ -86,8 +89,8 @@ class Session:
     metadata: dict[str, str] = field(default_factory=dict)
     recent: list[StoredMessage] = field(default_factory=list)
     stored: bool = True  # False: created for this turn, written with the turn's messages
-    # A turn waiting for the caller's tool results (see moteur.gateway.toolloop.PendingTurn), or None.
-    pending: dict[str, Any] | None = None
+    # A turn waiting for the caller's tool results, or None.
+    pending: PendingTurn | None = None
 
     def to_doc(self) -> dict[str, Any]:
         return {"_id": self.id, "tenant": self.tenant, "user": self.user, "title": self.title,
@@ -96,10 +99,15 @@ class Session:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Session:
+        # Imported here: moteur.gateway.turns imports this module (StoredMessage, Session).
+        from moteur.gateway.turns import PendingTurn
+
+        pending = doc.get("pending")
         return cls(
             doc["_id"], doc["tenant"], doc["user"], doc.get("title", ""), doc["created_at"], doc["updated_at"],
             doc.get("message_count", 0), doc.get("metadata") or {},
-            [StoredMessage.from_doc(m) for m in doc.get("recent", [])], pending=doc.get("pending"),
+            [StoredMessage.from_doc(m) for m in doc.get("recent", [])],
+            pending=PendingTurn.from_doc(pending) if pending is not None else None,
         )
 
 
@@ -147,7 +155,7 @@ class SessionStore:
         return Session.from_doc(doc)
 
     def turn_writes(
-        self, session: Session, messages: Sequence[StoredMessage], pending: dict[str, Any] | None = None
+        self, session: Session, messages: Sequence[StoredMessage], pending: PendingTurn | None = None
     ) -> list[UpdateOne]:
         """The writes that persist ``messages`` in ``session`` (and the session itself when new), and set
         the session's pending turn to ``pending`` (None: no turn waits any more)."""
@@ -162,7 +170,7 @@ class SessionStore:
             session.updated_at = messages[-1].created_at
             doc = session.to_doc()
             if pending is not None:
-                doc["pending"] = pending
+                doc["pending"] = pending.to_doc()
             writes.append(insert_once(doc, self._sessions.full_name))
             return writes
         update: dict[str, Any] = {
@@ -171,7 +179,7 @@ class SessionStore:
             "$set": {"updated_at": messages[-1].created_at},
         }
         if pending is not None:
-            update["$set"]["pending"] = pending
+            update["$set"]["pending"] = pending.to_doc()
         elif session.pending is not None:
             update["$unset"] = {"pending": ""}
         # Applied once: a second sending of the same turn finds its last message in the window already.
