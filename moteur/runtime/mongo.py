@@ -16,9 +16,11 @@ _ClientWrite = InsertOne | UpdateOne
 
 def connect_mongo(settings: MongoSettings) -> AsyncMongoClient:
     # Short selection timeout: a store that is down must surface as UNAVAILABLE within the caller's
-    # patience, not after PyMongo's default 30 s.
+    # patience, not after PyMongo's default 30 s. The connect timeout is also the heartbeat's: at 2 s, a store
+    # busy for 2 s (large documents being written) failed its heartbeat, and PyMongo then cancelled every
+    # operation in flight (AutoReconnect, so UNAVAILABLE); 10 s rides through such a stall.
     return AsyncMongoClient(
-        settings.mongo_uri, serverSelectionTimeoutMS=3000, connectTimeoutMS=2000, tz_aware=True,
+        settings.mongo_uri, serverSelectionTimeoutMS=3000, connectTimeoutMS=10_000, tz_aware=True,
         uuidRepresentation="standard",
     )
 
