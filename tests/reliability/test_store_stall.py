@@ -12,32 +12,22 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pymongo.errors
 
-from moteur.devstack.processes import free_port, port_open
 from moteur.runtime.mongo import connect_mongo
 from moteur.runtime.settings import MongoSettings
+from tests.stores import lone_secantusdb
 
 STALL_SECONDS = 3.0
 
 
 async def test_operations_in_flight_wait_out_a_store_stall(tmp_path: Path) -> None:
-    port = free_port()
-    secantusd = str(Path(sys.executable).with_name("secantusd-py"))
-    store = subprocess.Popen([secantusd, "--host", "127.0.0.1", "--port", str(port), "--storage-path",
-                              str(tmp_path / "store"), "--log-level", "WARNING"])
-    try:
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            assert time.monotonic() < deadline, "SecantusDB did not start"
-            await asyncio.sleep(0.1)
+    with lone_secantusdb(tmp_path / "store") as store:
         # Heartbeats every 0.5 s (the default is 10 s) so that one surely falls within the stall.
-        client = connect_mongo(MongoSettings(mongo_uri=f"mongodb://127.0.0.1:{port}/?heartbeatFrequencyMS=500"))
+        client = connect_mongo(MongoSettings(mongo_uri=f"{store.uri}/?heartbeatFrequencyMS=500"))
         users = client["stall"]["users"]
         await users.insert_one({"user": "ana"})
         failures: list[str] = []
@@ -56,15 +46,11 @@ async def test_operations_in_flight_wait_out_a_store_stall(tmp_path: Path) -> No
 
         async def stall() -> None:
             await asyncio.sleep(1)
-            os.kill(store.pid, signal.SIGSTOP)
+            os.kill(store.process.pid, signal.SIGSTOP)
             await asyncio.sleep(STALL_SECONDS)
-            os.kill(store.pid, signal.SIGCONT)
+            os.kill(store.process.pid, signal.SIGCONT)
 
         await asyncio.gather(keep_deleting(), stall())
         await client.close()
         assert failures == []
         assert done > 50  # it went on after the stall
-    finally:
-        os.kill(store.pid, signal.SIGCONT)
-        store.kill()
-        store.wait()

@@ -1,0 +1,38 @@
+"""A lone SecantusDB for tests that need a real store but not the whole mesh (they stay unit tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from moteur.devstack.processes import free_port, port_open
+
+
+@dataclass(frozen=True)
+class LoneStore:
+    uri: str
+    process: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def lone_secantusdb(storage: Path, startup_seconds: float = 30.0) -> Iterator[LoneStore]:
+    """SecantusDB on a free loopback port, storing under ``storage``; killed on exit."""
+    port = free_port()
+    secantusd = str(Path(sys.executable).with_name("secantusd-py"))
+    process = subprocess.Popen([secantusd, "--host", "127.0.0.1", "--port", str(port), "--storage-path",
+                                str(storage), "--log-level", "WARNING"])
+    try:
+        deadline = time.monotonic() + startup_seconds
+        while not port_open(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"SecantusDB did not start (exit code {process.poll()})")
+            time.sleep(0.05)
+        yield LoneStore(f"mongodb://127.0.0.1:{port}", process)
+    finally:
+        process.kill()
+        process.wait()
