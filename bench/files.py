@@ -52,7 +52,7 @@ def report(sections: int = 11) -> str:
     return "".join(parts)
 
 
-def _time(function, repeat: int) -> tuple[float, bytes]:  # type: ignore[no-untyped-def]
+def _time(function, repeat: int) -> tuple[float, bytes]:
     times, output = [], b""
     for _ in range(repeat):
         started = time.perf_counter()
@@ -75,7 +75,7 @@ def render_times() -> None:
     data = {"columns": ["id", "nom", "ville", "montant", "date"],
             "rows": [{"id": i, "nom": f"Élodie Dupré {i}", "ville": "Besançon", "montant": i * 1.25,
                       "date": f"2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}"} for i in range(ROWS)]}
-    found = Found([rows_from_data(data)], "data")  # type: ignore[list-item]
+    found = Found([rows_from_data(data)], "data")
     for name in ("csv", "xlsx"):
         fmt = BY_NAME[name]
         seconds, output = _time(lambda fmt=fmt: produce(fmt, BUILT_INS["table"], RenderInput(fmt, data=data), "",

@@ -48,7 +48,7 @@ PATHOLOGICAL = [
 ]
 
 
-def _median_ms(function, repeat: int) -> float:  # type: ignore[no-untyped-def]
+def _median_ms(function, repeat: int) -> float:
     times = []
     for _ in range(repeat):
         started = time.perf_counter()

@@ -31,7 +31,7 @@ async def bench_key(
         key, record = await ApiKeyStore(db).create(tenant, user, "service")
         catalog = LimitsCatalog(load_tiers(REPO_CONFIG / "tiers.yaml"), db)
         for kind, scope_id in (("key", record.key_id), ("user", user), ("tenant", tenant)):
-            scope = LimitScope(tenant, kind, scope_id)  # type: ignore[arg-type]
+            scope = LimitScope(tenant, kind, scope_id)
             await catalog.override(scope, limits)
         if not memory:
             await TenantSettings(db).set(tenant, message_memory=False, memory_recall=False, fact_extraction=False)

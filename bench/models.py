@@ -122,7 +122,7 @@ async def ask(base_url: str, model: str, item: Item) -> Outcome:
     extra: dict[str, Any] = {"max_tokens": item.max_tokens, "seed": SEED}
     if item.schema is not None:  # as the router sends a JSON Schema to llama.cpp (json_schema_style llamacpp)
         extra["response_format"] = {"type": "json_object", "schema": item.schema}
-    chat = ChatOpenAI(model=model, base_url=base_url, api_key="not-needed", temperature=TEMPERATURE,  # type: ignore[arg-type]
+    chat = ChatOpenAI(model=model, base_url=base_url, api_key="not-needed", temperature=TEMPERATURE,
                       max_retries=0, timeout=300, stream_usage=True, extra_body=extra)
     started = time.perf_counter()
     first = last = 0.0

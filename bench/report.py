@@ -45,7 +45,7 @@ class _Tee(io.TextIOBase):
 def _run(name: str, bench: Callable[[], Any]) -> tuple[str, Any, float]:
     printed = io.StringIO()
     started = time.perf_counter()
-    with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):  # type: ignore[arg-type]
+    with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
         print(f"== {name}")
         result = bench()
     return printed.getvalue(), result, time.perf_counter() - started

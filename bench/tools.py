@@ -77,10 +77,10 @@ async def _turns(address: str, key: str) -> tuple[Figures, Figures]:
             return call
 
         plain, looped = turn(PLAIN, "0"), turn(WITH_TOOL, "1")
-        await _drive(plain, 1, 1.0)  # type: ignore[arg-type]
-        await _drive(looped, 1, 1.0)  # type: ignore[arg-type]
-        return (Figures.of("no tool", 1, *await _drive(plain, 1, SECONDS_PER_POINT)),  # type: ignore[arg-type]
-                Figures.of("one tool round", 1, *await _drive(looped, 1, SECONDS_PER_POINT)))  # type: ignore[arg-type]
+        await _drive(plain, 1, 1.0)
+        await _drive(looped, 1, 1.0)
+        return (Figures.of("no tool", 1, *await _drive(plain, 1, SECONDS_PER_POINT)),
+                Figures.of("one tool round", 1, *await _drive(looped, 1, SECONDS_PER_POINT)))
 
 
 def main() -> None:

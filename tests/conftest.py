@@ -151,11 +151,11 @@ async def make_caller(stack: LocalStack, key_store: ApiKeyStore) -> AsyncIterato
 
 
 @pytest.fixture(scope="session")
-async def alice(make_caller) -> Caller:  # type: ignore[no-untyped-def]
+async def alice(make_caller) -> Caller:
     return await make_caller("acme", "alice")
 
 
 @pytest.fixture(scope="session")
-async def mallory(make_caller) -> Caller:  # type: ignore[no-untyped-def]
+async def mallory(make_caller) -> Caller:
     """A user of another tenant."""
     return await make_caller("globex", "mallory")

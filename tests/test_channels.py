@@ -164,7 +164,7 @@ class FlakyMemory:
     def __init__(self) -> None:
         self.calls = {"Delete": 0, "Upsert": 0}
 
-    def _method(self, name: str):  # type: ignore[no-untyped-def]
+    def _method(self, name: str):
         async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             self.calls[name] += 1
             if self.calls[name] == 1:

@@ -103,7 +103,7 @@ def test_the_blocking_client_raises_what_the_async_one_raises(client: MoteurClie
         client.chat("fail")
     assert failure.value.code is grpc.StatusCode.INVALID_ARGUMENT and failure.value.message == "no such model"
     with pytest.raises(ValueError, match="unknown priority"):
-        client.chat("hi", priority="urgent")  # type: ignore[typeddict-item]
+        client.chat("hi", priority="urgent")
 
 
 async def test_the_async_client_raises_client_errors(gateway) -> None:

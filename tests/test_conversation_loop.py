@@ -106,10 +106,10 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
         context.set_trailing_metadata(((MODELS_REVISION_HEADER, "rev-7"),))
         return step
 
-    async def Complete(self, request, context):  # type: ignore[no-untyped-def]
+    async def Complete(self, request, context):
         return await self._next(request, context)
 
-    async def StreamComplete(self, request, context):  # type: ignore[no-untyped-def]
+    async def StreamComplete(self, request, context):
         final = await self._next(request, context)
         for word in final.text.split(" "):  # the answer in two or more deltas, then the final event
             yield router_pb2.CompleteEvent(delta=common_pb2.TokenDelta(text=word + " "))
@@ -124,10 +124,10 @@ class FakeTools(tools_pb2_grpc.ToolsServicer):
         self.invoked: list[tools_pb2.InvokeRequest] = []
         self.run: Callable[[common_pb2.ToolCall], str] = lambda call: '{"value": 42}'
 
-    async def ListTools(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListTools(self, request, context):
         return tools_pb2.ListToolsResponse(tools=self.tools)
 
-    async def Invoke(self, request, context):  # type: ignore[no-untyped-def]
+    async def Invoke(self, request, context):
         self.invoked.append(request)
         return common_pb2.ToolResult(call_id=request.call.id, ok=True, content_json=self.run(request.call))
 
@@ -188,7 +188,7 @@ async def harness(client: AsyncMongoClient) -> AsyncIterator[Harness]:
 
 
 def question(message: str, session_id: str = "", **settings: object) -> TurnInput:
-    return TurnInput(session_id, "ana", message, use_memory=False, **settings)  # type: ignore[arg-type]
+    return TurnInput(session_id, "ana", message, use_memory=False, **settings)
 
 
 def prompt_of(request: router_pb2.CompleteRequest) -> list[tuple[str, str]]:
@@ -214,7 +214,7 @@ async def test_a_turn_persists_question_answer_and_usage_and_the_next_turn_reads
     # The next turn of the session, streamed: the model reads the history, the caller gets the deltas.
     events = await harness.events(question("And tides?", first.session_id), stream=True)
 
-    assert events[0] == TurnStarted(first.session_id, events[0].user_message_id)  # type: ignore[union-attr]
+    assert events[0] == TurnStarted(first.session_id, events[0].user_message_id)
     deltas = [e.text for e in events if isinstance(e, TextDelta)]
     assert len(deltas) > 1 and "".join(deltas).strip() == "Tides follow the moon."
     assert prompt_of(harness.router.requests[1]) == [
@@ -294,6 +294,7 @@ async def test_a_model_that_keeps_calling_tools_is_stopped_after_the_last_round(
     assert result.answer.content.startswith(f"I stopped after {MAX_ROUNDS} rounds of tool calls")
     assert "calculator" in result.answer.content
     assert result.route["tool_loop"] == "max_rounds"
+    assert result.finish_reason == common_pb2.FINISH_REASON_STOP  # an answer: no calls are left to run
     stored = await harness.sessions.get(SCOPE, result.session_id)
     assert [m.role for m in stored.recent] == ["user", *["assistant", "tool"] * MAX_ROUNDS, "assistant"]
     assert stored.recent[-1].content == result.answer.content

@@ -32,10 +32,21 @@ def _locked(lock: str) -> frozenset[str]:
     return frozenset(_normal(m) for m in re.findall(r"^([A-Za-z0-9][A-Za-z0-9_.\-]*)==", text, re.MULTILINE))
 
 
+def _typing_only(tree: ast.AST) -> set[int]:
+    """The nodes under ``if TYPE_CHECKING:``: imports for the type checker (e.g. boto3's stubs), never run."""
+    return {id(inner) for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+            for statement in node.body for inner in ast.walk(statement)}
+
+
 def _imports(folder: Path) -> set[str]:
     found: set[str] = set()
     for path in folder.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = _typing_only(tree)
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 found |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -76,7 +76,7 @@ async def _cut_on(marker: bytes, upstream: tuple[str, int]) -> asyncio.Server:
     return await asyncio.start_server(relay, "127.0.0.1", 0)
 
 
-async def test_a_connection_lost_in_a_multi_collection_write_is_unavailable(stack) -> None:  # type: ignore[no-untyped-def]
+async def test_a_connection_lost_in_a_multi_collection_write_is_unavailable(stack) -> None:
     # PyMongo wraps a network error of client.bulk_write in ClientBulkWriteException: it was INTERNAL once.
     host, port = stack.mongo_uri.removeprefix("mongodb://").split("/")[0].split(":")
     relay = await _cut_on(b"bulkWrite", (host, int(port)))

@@ -142,7 +142,7 @@ class MissingCounters(DownRedis):
 
 class Catalog:
     def __init__(self, policy: str, limits: LimitSet) -> None:
-        self._tier = Tier(priorities=["normal"], on_redis_down=policy)  # type: ignore[arg-type]
+        self._tier = Tier(priorities=["normal"], on_redis_down=policy)
         self._limits = limits
 
     def tier(self, name: str) -> Tier:
@@ -159,7 +159,7 @@ class DownLedger:
 
 async def test_a_fail_open_tier_is_admitted_locally_with_its_limits_while_redis_is_down(clock: Clock) -> None:
     redis_client = DownRedis()
-    rate = RateLimiter(redis_client, Catalog("fail_open", LimitSet(requests_per_minute=2,  # type: ignore[arg-type]
+    rate = RateLimiter(redis_client, Catalog("fail_open", LimitSet(requests_per_minute=2,
                                                                    concurrent_requests=1)))
     first = await rate.admit(ALICE, "alice", 10)
     assert first.local and redis_client.calls == 1
@@ -174,7 +174,7 @@ async def test_a_fail_open_tier_is_admitted_locally_with_its_limits_while_redis_
 
 
 async def test_a_fail_closed_tier_is_refused_unavailable_while_redis_is_down(clock: Clock) -> None:
-    rate = RateLimiter(DownRedis(), Catalog("fail_closed", LimitSet()))  # type: ignore[arg-type]
+    rate = RateLimiter(DownRedis(), Catalog("fail_closed", LimitSet()))
     with pytest.raises(Unavailable, match="the limits store \\(Redis\\) is unreachable and tier 'standard' fails"):
         await rate.admit(ALICE, "alice", 10)
 
@@ -182,7 +182,7 @@ async def test_a_fail_closed_tier_is_refused_unavailable_while_redis_is_down(clo
 @pytest.mark.parametrize("policy", ["fail_open", "fail_closed"])
 async def test_a_ledger_that_cannot_be_read_to_rebuild_a_quota_falls_back_like_redis(clock: Clock,
                                                                                      policy: str) -> None:
-    rate = RateLimiter(MissingCounters(), Catalog(policy, LimitSet()), ledger=DownLedger())  # type: ignore[arg-type]
+    rate = RateLimiter(MissingCounters(), Catalog(policy, LimitSet()), ledger=DownLedger())
     if policy == "fail_closed":
         with pytest.raises(Unavailable, match="the usage ledger \\(MongoDB\\), read to rebuild quotas, is unreach"):
             await rate.admit(ALICE, "alice", 10)

@@ -44,11 +44,11 @@ async def site() -> AsyncIterator[Site]:
     await runner.setup()
     server = web.TCPSite(runner, "127.0.0.1", 0)
     await server.start()
-    yield Site(server._server.sockets[0].getsockname()[1], served)  # type: ignore[union-attr]
+    yield Site(server._server.sockets[0].getsockname()[1], served)
     await runner.cleanup()
 
 
-def _registry(allow: list[str], trusted: list[str] = (), **options: Any) -> Registry:  # type: ignore[assignment]
+def _registry(allow: list[str], trusted: list[str] = (), **options: Any) -> Registry:
     registry, tool = Registry(), HttpGet(allow, trusted, max_bytes=10_000, **options)
     registry.register(tool.spec(), tool)
     return registry
@@ -78,7 +78,7 @@ def test_a_globally_routable_address_is_allowed(address: str) -> None:
     assert is_public(address)
 
 
-def _resolver(answers: dict[str, list[str]]):  # type: ignore[no-untyped-def]
+def _resolver(answers: dict[str, list[str]]):
     """A DNS that answers ``answers`` (what a hostile or rebinding DNS could say), without leaving the machine."""
     asked: list[str] = []
 
@@ -86,7 +86,7 @@ def _resolver(answers: dict[str, list[str]]):  # type: ignore[no-untyped-def]
         asked.append(host)
         return answers[host]
 
-    resolve.asked = asked  # type: ignore[attr-defined]
+    resolve.asked = asked
     return resolve
 
 

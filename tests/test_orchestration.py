@@ -52,7 +52,7 @@ def anthropic(faults: FaultServer) -> dict[str, Any]:
 async def streamed(routed: ModelRouter, request: CompletionRequest) -> tuple[list[str], RoutedCompletion]:
     *deltas, final = [item async for item in routed.stream(request)]
     assert isinstance(final, RoutedCompletion) and all(isinstance(d, str) for d in deltas)
-    return deltas, final  # type: ignore[return-value]
+    return deltas, final
 
 
 async def broken_off(routed: ModelRouter, request: CompletionRequest,
@@ -61,7 +61,7 @@ async def broken_off(routed: ModelRouter, request: CompletionRequest,
     received: list[str] = []
     with pytest.raises(ModelCallError) as ended:
         async for item in routed.stream(request):
-            received.append(item)  # type: ignore[arg-type]
+            received.append(item)
             await asyncio.sleep(pause)
     return received, ended.value
 
@@ -460,7 +460,7 @@ async def test_the_classifier_picks_the_route_with_the_nearest_examples() -> Non
             {"name": "chat", "candidates": ["m"], "examples": ["hello there"]},
         ],
     })
-    table = RouteTable(config, embed)  # type: ignore[arg-type]
+    table = RouteTable(config, embed)
 
     def query(text: str) -> RouteQuery:
         return RouteQuery("", "standard", 10, False, False, text)
@@ -480,7 +480,7 @@ async def test_a_classifier_that_cannot_embed_leaves_the_request_on_the_default_
         "routes": [{"name": "code", "request_types": ["code"], "candidates": ["m"], "examples": ["code"]},
                    {"name": "chat", "candidates": ["m"]}],
     })
-    decision = await RouteTable(config, embed).decide(RouteQuery("", "", 1, False, False, "code"))  # type: ignore[arg-type]
+    decision = await RouteTable(config, embed).decide(RouteQuery("", "", 1, False, False, "code"))
     assert (decision.route.name, decision.how) == ("chat", "classifier_unavailable")
 
 

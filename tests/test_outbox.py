@@ -60,7 +60,7 @@ async def memory() -> AsyncIterator[tuple[FailingMemory, memory_pb2_grpc.MemoryS
 
 
 @pytest.fixture
-async def outbox(mongo: AsyncMongoClient, memory) -> AsyncIterator[MemoryOutbox]:  # type: ignore[no-untyped-def]
+async def outbox(mongo: AsyncMongoClient, memory) -> AsyncIterator[MemoryOutbox]:
     db = mongo[f"outbox_{new_id().lower()}"]
     relay = MemoryOutbox(db, memory[1], MeshTokenIssuer("gateway", Ed25519PrivateKey.generate()))
     await relay.ensure_indexes()
@@ -77,7 +77,7 @@ async def _entry(outbox: MemoryOutbox, tenant: str, text: str, reply: str = "") 
 
 
 async def test_a_message_memory_fails_on_is_struck_then_dead_lettered_while_the_others_go_through(
-    outbox: MemoryOutbox, memory  # type: ignore[no-untyped-def]
+    outbox: MemoryOutbox, memory
 ) -> None:
     servicer, _ = memory
     poison = await _entry(outbox, "acme", "poison pill")
@@ -96,7 +96,7 @@ async def test_a_message_memory_fails_on_is_struck_then_dead_lettered_while_the_
 
 
 async def test_when_nothing_goes_through_the_failure_is_memorys_and_no_entry_is_struck(
-    outbox: MemoryOutbox, memory  # type: ignore[no-untyped-def]
+    outbox: MemoryOutbox, memory
 ) -> None:
     servicer, _ = memory
     alone = await _entry(outbox, "acme", "poison, and nothing else to send")
@@ -117,7 +117,7 @@ async def test_when_nothing_goes_through_the_failure_is_memorys_and_no_entry_is_
 
 
 async def test_a_turn_the_extractor_fails_on_is_stored_and_only_its_facts_are_dead_lettered(
-    outbox: MemoryOutbox, memory  # type: ignore[no-untyped-def]
+    outbox: MemoryOutbox, memory
 ) -> None:
     servicer, _ = memory
     turn = await _entry(outbox, "acme", "I live in Brest", reply="poison answer")

@@ -104,7 +104,7 @@ def test_a_session_reads_its_pending_turn() -> None:
 def _store() -> SessionStore:
     db = {"sessions": SimpleNamespace(full_name="moteur.sessions"),
           "messages": SimpleNamespace(full_name="moteur.messages")}
-    return SessionStore(db)  # type: ignore[arg-type]  # turn_writes only builds operations
+    return SessionStore(db)  # turn_writes only builds operations
 
 
 def test_the_turn_writes_store_the_pending_turn_as_its_document() -> None:

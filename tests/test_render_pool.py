@@ -152,7 +152,7 @@ async def pool() -> AsyncIterator[RenderPool]:
 
 
 def _job(function: object, *args: object, cpu: float = 5.0) -> Job:
-    return Job(function, args, cpu)  # type: ignore[arg-type]
+    return Job(function, args, cpu)
 
 
 async def test_a_job_runs_in_another_process(pool: RenderPool) -> None:

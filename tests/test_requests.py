@@ -33,9 +33,9 @@ def test_a_valid_request_with_tabs_and_newlines_in_its_text_decodes() -> None:
      "messages[1].content", "a NUL"),
 ])
 def test_stray_characters_are_refused_naming_the_field(request_: object, field: str, what: str) -> None:
-    decode = decoder(type(request_).FromString)  # type: ignore[attr-defined]
+    decode = decoder(type(request_).FromString)
     with pytest.raises(InvalidArgument) as refused:
-        decode(request_.SerializeToString())  # type: ignore[attr-defined]
+        decode(request_.SerializeToString())
     assert refused.value.violations[0].field == field
     assert what in refused.value.message
 

@@ -71,7 +71,7 @@ async def _health(channel: grpc.aio.Channel) -> int:
     return reply.status
 
 
-async def test_services_speak_mutual_tls_and_probes_stay_plaintext(mesh_ca) -> None:  # type: ignore[no-untyped-def]
+async def test_services_speak_mutual_tls_and_probes_stay_plaintext(mesh_ca) -> None:
     ca_file, server_tls, client_tls = mesh_ca
     port = free_port()
     stop = asyncio.Event()

@@ -200,7 +200,7 @@ async def test_a_stream_shows_the_text_before_the_call_as_it_comes(faults: Fault
     deltas, final = items[:-1], items[-1]
     assert isinstance(final, RoutedCompletion) and len(final.completion.tool_calls) == 2
     assert deltas[:4] == ["I", " will", " look", " both"]  # not held back: only the markup is
-    assert "".join(deltas) == "I will look both up.\n"  # type: ignore[arg-type]
+    assert "".join(deltas) == "I will look both up.\n"
 
 
 def test_tool_call_text_needs_a_deployment_offered_tools() -> None:

@@ -39,7 +39,7 @@ async def test_a_turn_written_twice_is_stored_once(mongo: AsyncMongoClient, db: 
                                                                                    Ed25519PrivateKey.generate()))
     identity = Identity("acme", "ana", "standard")
 
-    async def turn_twice(session, question: str) -> None:  # type: ignore[no-untyped-def]
+    async def turn_twice(session, question: str) -> None:
         messages = [new_message("user", question), new_message("assistant", f"About {question}")]
         writes = [*sessions.turn_writes(session, messages),
                   usage.record_write(identity, "ana", session.id, "instant", TokenUsage(10, 5, 0)),

@@ -33,7 +33,7 @@ async def eventually(predicate: Callable[[], T | Awaitable[T]], timeout: float =
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]  # T, once awaited
+            return value  # T, once awaited
         if time.monotonic() >= deadline:
             raise AssertionError(f"{message} (waited {timeout:g} s)")
         await asyncio.sleep(interval)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from google.rpc import error_details_pb2
@@ -20,10 +20,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 from rich.table import Table
 
-from moteur.client import MoteurClient, MoteurClientError
+from moteur.client import ChatOptions, MoteurClient, MoteurClientError
 from moteur.runtime.protonames import ROLE_NAMES
 from moteur.runtime.settings import MongoSettings
 from moteur.v1 import common_pb2, gateway_pb2, memory_pb2, router_pb2
+
+if TYPE_CHECKING:
+    from moteur.runtime.api_keys import ApiKeyStore
 
 app = typer.Typer(help="moteur: a GPT engine behind one gRPC API.", no_args_is_help=True)
 sessions_app = typer.Typer(help="Sessions of the key's user.", no_args_is_help=True)
@@ -45,6 +48,7 @@ app.add_typer(memories_app, name="memories")
 
 console = Console()
 errors = Console(stderr=True)
+T = TypeVar("T")
 
 
 class CliSettings(BaseSettings):
@@ -107,10 +111,11 @@ def chat(
     out: Annotated[Path, typer.Option(help="Where --as saves the file.")] = Path("."),
 ) -> None:
     """Ask a question; the answer streams to the terminal, with the tools the model calls."""
-    options = {"session_id": session, "user_id": user, "request_type": request_type, "model_hint": model,
-               "allow_model_substitution": allow_substitution,
-               "priority": priority, "max_output_tokens": max_tokens, "use_memory": memory, "use_tools": tools,
-               "tool_choice": tool_choice, "output_format": as_file, "output_template": template}
+    options: ChatOptions = {
+        "session_id": session, "user_id": user, "request_type": request_type, "model_hint": model,
+        "allow_model_substitution": allow_substitution,
+        "priority": priority, "max_output_tokens": max_tokens, "use_memory": memory, "use_tools": tools,
+        "tool_choice": tool_choice, "output_format": as_file, "output_template": template}
     try:
         with _client() as client:
             if stream:
@@ -191,12 +196,12 @@ def sessions_delete(session_id: Annotated[str, typer.Argument(help="The session'
     console.print(f"deleted session {session_id} and {deleted.deleted_messages} messages")
 
 
-def _key_store_call(action: Callable[..., object]) -> object:
+def _key_store_call(action: Callable[[ApiKeyStore], Awaitable[T]]) -> T:
     from moteur.runtime.api_keys import ApiKeyStore
     from moteur.runtime.errors import MoteurError
     from moteur.runtime.mongo import connect_mongo, database
 
-    async def main() -> object:
+    async def main() -> T:
         settings = MongoSettings(mongo_uri=CliSettings().mongo_uri)
         mongo = connect_mongo(settings)
         try:
@@ -223,7 +228,7 @@ def keys_create(
     admin: Annotated[bool, typer.Option(help="May change the tenant's limits.")] = False,
 ) -> None:
     """Create an API key; its plaintext is printed once and never stored."""
-    plaintext, key = _key_store_call(lambda store: store.create(tenant, user, tier, name, admin))  # type: ignore[misc]
+    plaintext, key = _key_store_call(lambda store: store.create(tenant, user, tier, name, admin))
     console.print(f"key id {key.key_id} · tenant {key.tenant} · user {key.user or '(service)'} · tier {key.tier}")
     console.print(plaintext, markup=False, highlight=False)
     errors.print("[yellow]store it now: only its hash is kept, it cannot be shown again.[/yellow]")
@@ -235,7 +240,7 @@ def keys_list(tenant: Annotated[str, typer.Option(help="Whose keys.")]) -> None:
     keys = _key_store_call(lambda store: store.list(tenant))
     table = Table("user", "tier", "name", "created")
     table.add_column("key id", no_wrap=True, min_width=26)
-    for key in keys:  # type: ignore[attr-defined]
+    for key in keys:
         table.add_row(key.user or "(service)", key.tier, key.name, key.created_at.strftime("%Y-%m-%d"), key.key_id)
     console.print(table)
 
@@ -255,8 +260,8 @@ _LIMIT_NAMES = ("requests_per_minute", "tokens_per_minute", "concurrent_requests
                 "tokens_per_month", "cost_micro_usd_per_month", "cost_micro_usd_per_day")
 
 
-def _print_limits(limits: object) -> None:
-    table = Table("limit", "value", title=f"{limits.scope} (tier {limits.tier})")  # type: ignore[attr-defined]
+def _print_limits(limits: gateway_pb2.Limits) -> None:
+    table = Table("limit", "value", title=f"{limits.scope} (tier {limits.tier})")
     for name in _LIMIT_NAMES:
         value = getattr(limits, name)
         table.add_row(name, f"{value:,}" if value else "unlimited")

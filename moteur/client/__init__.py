@@ -142,7 +142,9 @@ class AsyncMoteurClient:
         return await self._unary(self._stub.ListFiles, files_pb2.ListFilesRequest(
             user_id=user_id, session_id=session_id, page_size=page_size, page_token=page_token))
 
-    async def get_file(self, file_id: str, *, timeout: float | None = None) -> AsyncIterator[files_pb2.FileChunk]:
+    async def get_file(
+        self, file_id: str, *, timeout: float | None = None
+    ) -> AsyncGenerator[files_pb2.FileChunk, None]:
         """The file's chunks; the first carries its FileInfo."""
         async for chunk in self._streamed(self._stub.GetFile, files_pb2.GetFileRequest(file_id=file_id), timeout):
             yield chunk

@@ -35,7 +35,7 @@ class MoteurClientError(Exception):
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> MoteurClientError:
-        call: grpc.Call = error  # type: ignore[assignment]
+        call: grpc.Call = error  # type: ignore[assignment]  # a raised RpcError is also its grpc.Call
         details: list[Message] = []
         status = rpc_status.from_call(call)
         for packed in status.details if status is not None else ():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar, cast
 
 from moteur.v1 import common_pb2, files_pb2, gateway_pb2, memory_pb2
 
@@ -22,12 +22,15 @@ MEMORY_KINDS = {"message": memory_pb2.MEMORY_KIND_MESSAGE, "fact": memory_pb2.ME
                 "document_chunk": memory_pb2.MEMORY_KIND_DOCUMENT_CHUNK, "reply": memory_pb2.MEMORY_KIND_REPLY}
 
 
-def enum_value(value: int | str, names: Mapping[str, int], what: str) -> int:
+E = TypeVar("E", bound=int)  # a proto enum (common_pb2.Priority, …): its values are ints
+
+
+def enum_value(value: int | str, names: Mapping[str, E], what: str) -> E:
     """A proto enum number from a friendly name ("summarize") or the number itself ('' and 0: unset)."""
     if isinstance(value, int):
-        return value  # numbers pass through: the server validates them
+        return cast(E, value)  # numbers pass through: the server validates them
     if not value:
-        return 0
+        return cast(E, 0)
     try:
         return names[value.lower()]
     except KeyError:
@@ -113,7 +116,7 @@ def tool_result(call_id: str, content: Any = None, *, error_code: str = "",
     return common_pb2.ToolResult(call_id=call_id, ok=True, content_json=json.dumps(content))
 
 
-def memory_kinds(kinds: Sequence[str]) -> list[int]:
+def memory_kinds(kinds: Sequence[str]) -> list[memory_pb2.MemoryKind]:
     return [enum_value(k, MEMORY_KINDS, "memory kind") for k in kinds]
 
 

@@ -73,7 +73,7 @@ class FaultServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]  # the port bound (the one asked for may be 0)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -171,8 +171,9 @@ class FaultServer:
                 "content": [{"type": "text", "text": text}],
                 "stop_reason": "end_turn", "stop_sequence": None, "usage": usage,
             })
-        start = {"id": "msg_fault", "type": "message", "role": "assistant", "model": model, "content": [],
-                 "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1}}
+        start: dict[str, Any] = {
+            "id": "msg_fault", "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1}}
         head = [_event("message_start", {"message": start}),
                 _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})]
         tokens = [_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": word}})

@@ -5,6 +5,7 @@ services, each a real process on a loopback port. ``make run`` and the end-to-en
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import sys
@@ -51,7 +52,8 @@ class StackOptions:
 def _grpc_healthy(port: int) -> bool:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+            stub = health_pb2_grpc.HealthStub(channel)  # its stubs (types-grpcio-health-checking) lack Check
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)  # type: ignore[attr-defined]  # HealthStub.Check is missing from its stubs
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -170,7 +172,7 @@ class LocalStack:
             port = self.ports[service]
             self.processes[service] = ManagedProcess(
                 service, [sys.executable, "-m", f"moteur.{service}"], logs / f"{service}.log",
-                env=self.service_env(service), ready=lambda port=port: _grpc_healthy(port),
+                env=self.service_env(service), ready=functools.partial(_grpc_healthy, port),
             )
 
     def _llama(self, name: str, model: str) -> ManagedProcess:

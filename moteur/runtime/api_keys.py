@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -89,6 +91,6 @@ class ApiKeyStore:
         return result.modified_count == 1
 
 
-def _from_doc(doc: dict) -> ApiKey:
+def _from_doc(doc: Mapping[str, Any]) -> ApiKey:
     return ApiKey(doc["_id"], doc["tenant"], doc["user"], doc["tier"], doc.get("name", ""), doc["created_at"],
                   doc.get("admin", False))

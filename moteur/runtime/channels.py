@@ -16,7 +16,7 @@ get traffic.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -149,7 +149,7 @@ async def call_service_with_trailers(
 async def stream_service(
     method: Callable[..., grpc.aio.UnaryStreamCall], request: Any, service: str, identity: Identity, timeout: float,
     on_trailers: Callable[[grpc.aio.Metadata], None] | None = None,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """The responses of a server-streaming call to another service of the mesh for ``identity``, with the rules
     of :func:`call_service`: a peer that cannot be connected to is tried again, but only until the first
     response arrives (a stream that started is never replayed); a failure becomes the status to pass on.

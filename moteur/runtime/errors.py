@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -142,7 +143,8 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> MoteurError:
         return DeadlineExceeded(f"the {service} service did not answer before the deadline")
     if code is grpc.StatusCode.CANCELLED:
         return RemoteError(code, f"the call to the {service} service was cancelled")
-    status = rpc_status.from_call(error)
+    # from_call reads code(), details() and trailing_metadata(), which AioRpcError has; its stubs say grpc.Call.
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]  # an AioRpcError is a grpc.Call; the stubs say otherwise
     details = list(status.details) if status is not None else []
     return RemoteError(code, error.details() or f"the {service} service failed with {code.name}", details)
 
@@ -161,7 +163,7 @@ def _retry_info(seconds: float) -> any_pb2.Any:
     return _pack(error_details_pb2.RetryInfo(retry_delay=delay))
 
 
-def _pack(message: object) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     return packed

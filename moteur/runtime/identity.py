@@ -34,6 +34,8 @@ SCOPE_TOOLS = "tools.use"            # Tools: ListTools, Invoke
 USER_SCOPES = frozenset({SCOPE_MODELS, SCOPE_MEMORY_READ, SCOPE_MEMORY_WRITE, SCOPE_EMBED, SCOPE_FILES_READ,
                          SCOPE_FILES_WRITE, SCOPE_TOOLS})
 ADMIN_SCOPES = USER_SCOPES | {SCOPE_TEMPLATES_WRITE}
+# An Identity made without scopes: __post_init__ gives it USER_SCOPES, or ADMIN_SCOPES for an admin.
+_DEFAULT_SCOPES = frozenset({"(the default scopes)"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +45,8 @@ class Identity:
     tier: str
     key_id: str = ""
     admin: bool = False  # may change its tenant's limits and templates
-    # None: what a user's call holds, with templates.write for an admin (the gateway's callers)
-    scopes: frozenset[str] = None  # type: ignore[assignment]
+    # Left out: what a user's call holds, with templates.write for an admin (the gateway's callers)
+    scopes: frozenset[str] = _DEFAULT_SCOPES
     request_id: str = ""
     # The signed mesh token that proves all of the above to the other services; forwarded unchanged when a
     # service calls another on this identity's behalf. Empty until the gateway (or a service, for its own
@@ -52,7 +54,7 @@ class Identity:
     token: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.scopes is None:
+        if self.scopes is _DEFAULT_SCOPES:
             object.__setattr__(self, "scopes", ADMIN_SCOPES if self.admin else USER_SCOPES)
 
     def as_metadata(self) -> list[tuple[str, str]]:

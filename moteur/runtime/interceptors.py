@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import structlog
@@ -92,10 +92,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        full_method: str = handler_call_details.method  # type: ignore[attr-defined]
+    ) -> grpc.RpcMethodHandler | None:
+        full_method: str = handler_call_details.method
         wrapped = self._wrapped.get(full_method)
         if wrapped is None:
             handler = await continuation(handler_call_details)
@@ -113,7 +113,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(full_method, handler.unary_stream, handler.request_deserializer),
+                # An asyncio server's handlers are async generator functions; the stubs know the threaded server's.
+                self._wrap_stream(full_method, cast(Callable[..., AsyncIterator[Any]], handler.unary_stream),
+                                  handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler  # client-streaming and bidi calls are not part of the v1 API
@@ -196,13 +198,13 @@ class _Call:
     def __enter__(self) -> _Call:
         metadata = self.metadata = self.context.invocation_metadata()
         self.request_id = metadata_value(metadata, REQUEST_ID_HEADER) or new_id()
-        remaining = self.context.time_remaining()
+        remaining: float | None = self.context.time_remaining()  # None: the call has no deadline
         self.started = time.perf_counter()
-        self._tokens = [
+        self._tokens = (
             call_context.request_id_var.set(self.request_id),
             call_context.deadline_var.set(None if remaining is None else time.monotonic() + remaining),
             identity_var.set(None),
-        ]
+        )
         structlog.contextvars.bind_contextvars(request_id=self.request_id, method=self.method.name)
         self._span = _tracer.start_as_current_span(
             self.method.span_name, context=extract_context(metadata), kind=SpanKind.SERVER,
@@ -218,7 +220,8 @@ class _Call:
             self.code = grpc.StatusCode.CANCELLED
             return
         if isinstance(exc, grpc.aio.AbortError):  # the handler aborted with its own status
-            self.code = self.context.code() or grpc.StatusCode.UNKNOWN
+            code: grpc.StatusCode | None = self.context.code()  # None if the abort set none
+            self.code = code or grpc.StatusCode.UNKNOWN
             return
         error = translate_exception(exc)
         if error is not None and error is not exc:  # a store's failure: which one and where, not its words

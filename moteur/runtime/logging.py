@@ -43,7 +43,9 @@ def exception_summary(exc: BaseException) -> dict[str, Any]:
             "stack": [f"{f.filename.rsplit('/', 2)[-1] if f.filename else '?'}:{f.lineno} {f.name}" for f in frames]}
 
 
-def _summarize_exceptions(logger: object, name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _summarize_exceptions(
+    logger: structlog.typing.WrappedLogger, name: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
     """``exc_info`` (log.exception, exc_info=True) becomes :func:`exception_summary`."""
     exc_info = event.pop("exc_info", None)
     if exc_info:

@@ -22,16 +22,17 @@ from watchfiles import awatch
 log = structlog.get_logger("moteur.reload")
 
 Config = TypeVar("Config")
+Applied = TypeVar("Applied", contravariant=True)
 Model = TypeVar("Model", bound=BaseModel)
 
 
-class Reloadable(Protocol[Config]):
+class Reloadable(Protocol[Applied]):
     """What holds a reloadable configuration: its current revision and a way to replace it."""
 
     @property
     def revision(self) -> str: ...
 
-    def apply(self, config: Config, revision: str) -> None: ...
+    def apply(self, config: Applied, revision: str) -> None: ...
 
 
 def load_yaml(path: Path, model: type[Model]) -> tuple[Model, str]:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from moteur.runtime.errors import InvalidArgument
@@ -62,8 +62,9 @@ def check_text(message: Message, path: str = "") -> None:
             for index, text in enumerate(values):
                 _check(text, name if len(values) == 1 else f"{name}[{index}]", strict)
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            if field.message_type.GetOptions().map_entry:
-                _check_map(value, field, name)
+            entry = field.message_type  # a message field always has one
+            if entry is not None and entry.GetOptions().map_entry:
+                _check_map(value, entry, name)
             elif field.is_repeated:
                 for index, item in enumerate(value):
                     check_text(item, f"{name}[{index}].")
@@ -71,8 +72,8 @@ def check_text(message: Message, path: str = "") -> None:
                 check_text(value, f"{name}.")
 
 
-def _check_map(entries: Any, field: FieldDescriptor, name: str) -> None:
-    value_field = field.message_type.fields_by_name["value"]
+def _check_map(entries: Any, entry: Descriptor, name: str) -> None:
+    value_field = entry.fields_by_name["value"]
     for key, value in entries.items():
         if isinstance(key, str):
             _check(key, name, strict=True, what="a key")

@@ -10,7 +10,7 @@ from moteur.v1 import common_pb2
 @dataclass(frozen=True, slots=True)
 class Format:
     name: str  # "pdf", "csv", …: metric labels, stored metadata, messages
-    proto: int  # common_pb2.FileFormat
+    proto: common_pb2.FileFormat
     extension: str
     mime_type: str
     default_template: str

@@ -298,8 +298,8 @@ class RenderPool:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            if self._closed:
-                worker.kill()
+            if self._closed:  # closed while it started (mypy keeps the loop's narrowing across the await)
+                worker.kill()  # type: ignore[unreachable]  # see the line above
                 self._size -= 1
                 return
             self._idle.append(worker)

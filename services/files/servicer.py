@@ -118,7 +118,7 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def _format(value: int, field: str) -> Format:
+def _format(value: common_pb2.FileFormat, field: str) -> Format:
     fmt = FORMATS.get(value)
     if fmt is None:
         raise InvalidArgument(field, f"one of {', '.join(sorted(BY_NAME))} (FILE_FORMAT_*); got {value}")

@@ -12,10 +12,13 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from moteur.files.settings import FilesSettings
 from moteur.runtime.errors import NotFound
+
+if TYPE_CHECKING:
+    from types_boto3_s3.client import S3Client
 
 
 class Storage(Protocol):
@@ -78,13 +81,12 @@ class S3Storage:
     def __init__(self, settings: FilesSettings) -> None:
         import boto3  # only the s3 backend needs it at import time
 
-        credentials = {}
-        if settings.files_s3_access_key_env and os.environ.get(settings.files_s3_access_key_env):
-            credentials = {"aws_access_key_id": os.environ[settings.files_s3_access_key_env],
-                           "aws_secret_access_key": os.environ.get(settings.files_s3_secret_key_env, "")}
-        self._client: Any = boto3.client(
+        # The keys named in the settings, or None: boto3's own chain (a role, ~/.aws) finds credentials.
+        key_id = os.environ.get(settings.files_s3_access_key_env) if settings.files_s3_access_key_env else None
+        self._client: S3Client = boto3.client(
             "s3", endpoint_url=settings.files_s3_endpoint or None, region_name=settings.files_s3_region,
-            **credentials,
+            aws_access_key_id=key_id or None,
+            aws_secret_access_key=os.environ.get(settings.files_s3_secret_key_env, "") if key_id else None,
         )
         self.bucket = settings.files_s3_bucket
         self.prefix = settings.files_s3_prefix

@@ -27,7 +27,8 @@ from typing import Any
 import jsonschema
 from cachetools import LRUCache
 from jinja2 import ChainableUndefined, TemplateError, TemplateSyntaxError, Undefined, nodes
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
 from moteur.files import markdown
@@ -95,7 +96,7 @@ def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _table(columns: Iterable[str], rows: Iterable[Mapping[str, Any]], keys: Iterable[str] | None = None) -> str:
+def _table(columns: Iterable[str], rows: Iterable[object], keys: Iterable[str] | None = None) -> str:
     """A Markdown table of ``rows`` with ``columns`` as its header (``keys``: the fields, when they differ)."""
     headers = list(columns)
     fields = list(keys) if keys is not None else headers
@@ -196,7 +197,7 @@ class TemplateRenderer:
     def render(self, template: Template, context: Context, max_chars: int) -> str:
         """The template's Markdown (or HTML); data it cannot use is INVALID_ARGUMENT with the line."""
         if template.data_schema is not None:
-            _check_data(template, context.data)
+            _check_data(template, template.data_schema, context.data)
         if template.needs_text and not context.text.strip():
             raise InvalidArgument("markdown", f"template {template.name!r} needs the text (its body) in markdown")
         compiled = self.compile(template.source, template.writes_html)
@@ -268,10 +269,8 @@ def _template_line(exc: BaseException) -> int | None:
     return lines[-1] if lines else None
 
 
-def _check_data(template: Template, data: Mapping[str, Any]) -> None:
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(template.data_schema).iter_errors(data)  # type: ignore[arg-type]
-    )
+def _check_data(template: Template, schema: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
     if error is not None:
         path = ".".join(["data", *(str(p) for p in error.absolute_path)])
         raise InvalidArgument(path, f"{error.message} (template {template.name!r}: {template.description})")

@@ -11,6 +11,7 @@ import io
 from collections.abc import Sequence
 
 from docx import Document
+from docx.document import Document as DocxDocument
 from docx.enum.text import WD_BREAK
 from docx.oxml import OxmlElement
 from docx.oxml.ns import qn
@@ -35,7 +36,7 @@ def render_docx(text: str, title: str = "") -> bytes:
 
 
 class _Writer:
-    def __init__(self, document: object) -> None:
+    def __init__(self, document: DocxDocument) -> None:
         self.document = document
         self.lists: list[bool] = []  # the open lists, innermost last: True when numbered
         self.quotes = 0
@@ -47,7 +48,7 @@ class _Writer:
             token = tokens[index]
             kind = token.type
             if kind == "heading_open":
-                heading = self.document.add_heading("", level=min(int(token.tag[1]), 9))  # type: ignore[attr-defined]
+                heading = self.document.add_heading("", level=min(int(token.tag[1]), 9))
                 _inline(heading, tokens[index + 1])
                 index += 2
             elif kind == "paragraph_open" and self.table is None:
@@ -64,7 +65,7 @@ class _Writer:
             elif kind in ("fence", "code_block"):
                 self._code(token.content)
             elif kind == "hr":
-                self.document.add_paragraph()  # type: ignore[attr-defined]
+                self.document.add_paragraph()
             elif kind == "table_open":
                 self.table = []
             elif kind == "tr_open" and self.table is not None:
@@ -83,10 +84,10 @@ class _Writer:
             style = ("List Number" if self.lists[-1] else "List Bullet") + (f" {depth}" if depth > 1 else "")
         elif self.quotes:
             style = "Quote"
-        return self.document.add_paragraph(style=style)  # type: ignore[attr-defined,no-any-return]
+        return self.document.add_paragraph(style=style)
 
     def _code(self, text: str) -> None:
-        paragraph = self.document.add_paragraph(style="No Spacing")  # type: ignore[attr-defined]
+        paragraph = self.document.add_paragraph(style="No Spacing")
         lines = text.rstrip("\n").split("\n")
         for number, line in enumerate(lines, 1):
             run = paragraph.add_run(line)
@@ -98,7 +99,7 @@ class _Writer:
         width = max((len(r) for r in rows), default=0)
         if not rows or not width:
             return
-        table: DocxTable = self.document.add_table(rows=len(rows), cols=width)  # type: ignore[attr-defined]
+        table: DocxTable = self.document.add_table(rows=len(rows), cols=width)
         table.style = "Table Grid"
         _repeat_header(table)
         # Row by row: table.cell(r, c) walks the whole table each time (quadratic on long tables).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 
 import grpc
 
@@ -52,10 +53,10 @@ class Authenticator:
         return key
 
 
-def _key_from_metadata(metadata: object) -> str:
-    header = metadata_value(metadata, "authorization")  # type: ignore[arg-type]
+def _key_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    header = metadata_value(metadata, "authorization")
     key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    key = key or metadata_value(metadata, "x-api-key").strip()  # type: ignore[arg-type]
+    key = key or metadata_value(metadata, "x-api-key").strip()
     if not key:
         raise Unauthenticated("missing API key: send metadata 'authorization: Bearer <key>' (moteur keys create)")
     if not key.startswith(KEY_PREFIX):

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import structlog
@@ -201,11 +201,11 @@ class Conversation:
                      await self._tools(identity, continued.turn), pending.memory_prompt, dict(pending.route),
                      self._loop_deadline(), question_stored=True, rounds=pending.rounds, pending_id=pending.id,
                      resumed_at_round=pending.rounds)
-        for result in continued.results:
-            message = new_message("tool", model_view(result), tool_result=result_doc(result))
+        for answered in continued.results:
+            message = new_message("tool", model_view(answered), tool_result=result_doc(answered))
             loop.unsaved.append(message)
             loop.prompt.append(_prompt_message(message))
-            GATEWAY_TOOL_CALLS.labels("caller", "ok" if result.ok else result.error_code).inc()
+            GATEWAY_TOOL_CALLS.labels("caller", "ok" if answered.ok else answered.error_code).inc()
         result: TurnResult | None = None
         try:
             async for event in self._loop(identity, session, loop, False, switches):
@@ -263,6 +263,7 @@ class Conversation:
                     final.text = (f"I stopped after {loop.rounds} rounds of tool calls without reaching an answer "
                                   f"(the model kept asking for {', '.join(sorted({c.name for c in final.tool_calls}))}"
                                   "). Try a narrower question.")
+                    final.finish_reason = common_pb2.FINISH_REASON_STOP  # an answer, not calls left to run
                     break
                 calls = _numbered(final.tool_calls, loop.rounds)
                 asking = new_message("assistant", final.text, model=final.model,
@@ -306,7 +307,8 @@ class Conversation:
     def _request(self, loop: _Loop, offered: list[router_pb2.ModelTool], tools_off: bool) -> router_pb2.CompleteRequest:
         turn = loop.turn
         request = router_pb2.CompleteRequest(
-            messages=loop.prompt, request_type=turn.request_type, model_hint=turn.model_hint,
+            messages=loop.prompt, request_type=cast(common_pb2.RequestType, turn.request_type),
+            model_hint=turn.model_hint,
             max_output_tokens=turn.max_output_tokens, allow_model_substitution=turn.allow_model_substitution,
         )
         if offered and not tools_off:
@@ -394,7 +396,8 @@ class Conversation:
         turn = loop.turn
         if not turn.output_format:
             return None
-        request = files_pb2.RenderRequest(format=turn.output_format, template=turn.output_template,
+        request = files_pb2.RenderRequest(format=cast(common_pb2.FileFormat, turn.output_format),
+                                          template=turn.output_template,
                                           markdown=answer.content, title=_title(loop.question.content),
                                           user_id=session.user, session_id=session.id)
         try:

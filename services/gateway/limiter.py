@@ -228,7 +228,7 @@ class RateLimiter:
             refusal.quota_use = QuotaUse(scope, name, int(limit_value), int(limit_value), _periods().of(name))
         raise refusal
 
-    async def _decide(self, admission: Admission, tokens: int) -> list[object]:
+    async def _decide(self, admission: Admission, tokens: int) -> list[int | bytes]:
         """The script's decision, once the quota counters it found missing are rebuilt (the miss path)."""
         for _ in range(_SEED_ATTEMPTS):
             periods = _periods()
@@ -315,7 +315,7 @@ class RateLimiter:
         QUOTA_REBUILD_SECONDS.observe(elapsed)
         rebuilt = []
         for index, counter in misses:
-            if int(reply[index * 4 + counter - 4]):  # type: ignore[call-overload]
+            if int(reply[index * 4 + counter - 4]):
                 name, scope = _COUNTERS[counter], admission.scopes[index]
                 rebuilt.append(Rebuilt(scope, name, periods.of(name), seeds[index][counter - 4]))
         for seeded in rebuilt:
@@ -332,10 +332,11 @@ class RateLimiter:
         return await self._ledger.spent(scope, *period_bounds(period))
 
     async def _run(self, op: str, admission: Admission, tokens: int, cost: int, periods: _Periods | None = None,
-                   real_tokens: int = 0, seeds: list[list[int]] | None = None) -> list[object]:
+                   real_tokens: int = 0, seeds: list[list[int]] | None = None) -> list[int | bytes]:
         day_ttl, month_ttl, day, month = periods or _periods()
         typical_ms = int(self._typical_call_seconds(admission.scopes[-1].tenant) * 1000)
-        keys, args = [], [op, len(admission.scopes), tokens, admission.lease_id, int(self._lease_seconds * 1000),
+        keys: list[str] = []
+        args: list[int | str] = [op, len(admission.scopes), tokens, admission.lease_id, int(self._lease_seconds * 1000),
                           day_ttl, month_ttl, cost, typical_ms, admission.admitted_us, real_tokens]
         for i, (scope, limits) in enumerate(zip(admission.scopes, admission.limits, strict=True)):
             base = f"rl:{{{scope.tenant}}}:{scope.name}"  # {tenant}: one hash slot in Redis Cluster
@@ -358,14 +359,14 @@ class RateLimiter:
         return admission
 
 
-def _misses(reply: list[object]) -> list[tuple[int, int]]:
+def _misses(reply: list[int | bytes]) -> list[tuple[int, int]]:
     """The script's missing counters, ``(scope index, counter index)`` pairs."""
-    values = [int(v) for v in reply]  # type: ignore[call-overload]
+    values = [int(v) for v in reply]
     return list(zip(values[::2], values[1::2], strict=True))
 
 
-def _budget(limits: list[LimitSet], reply: list[object]) -> Budget:
-    remaining_requests, remaining_tokens, reset_requests_ms, reset_tokens_ms = (int(v) for v in reply)  # type: ignore[call-overload]
+def _budget(limits: list[LimitSet], reply: list[int | bytes]) -> Budget:
+    remaining_requests, remaining_tokens, reset_requests_ms, reset_tokens_ms = (int(v) for v in reply)
     return Budget(
         limit_requests=_tightest(limits, "requests_per_minute"), remaining_requests=remaining_requests,
         reset_requests_ms=reset_requests_ms, limit_tokens=_tightest(limits, "tokens_per_minute"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import structlog
 from google.protobuf import any_pb2
@@ -36,8 +37,8 @@ class FileRenderer:
         """Refuse, before any model call, a template the files service has not for this format."""
         if not template:
             return
-        listed = await call_service(self.stub.ListTemplates, files_pb2.ListTemplatesRequest(format=file_format),
-                                    "files", identity, self._call_timeout)
+        request = files_pb2.ListTemplatesRequest(format=cast(common_pb2.FileFormat, file_format))
+        listed = await call_service(self.stub.ListTemplates, request, "files", identity, self._call_timeout)
         names = sorted(t.name for t in listed.templates)
         if template not in names:
             raise NotFound(f"template {template!r} does not render {format_name(file_format)}; templates that "

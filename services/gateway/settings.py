@@ -11,6 +11,7 @@ from pydantic import Field
 
 from moteur.runtime.settings import MoteurSettings
 
+RecallKind = Literal["fact", "message", "reply", "document_chunk"]
 
 class RedisSettings(MoteurSettings):
     redis_url: str = Field("redis://localhost:6379/0", description="Redis for rate limits and quotas.")
@@ -50,9 +51,10 @@ class GatewaySettings(MoteurSettings):
         0.03, ge=0, le=1, description="Added to a memory's cosine when it shares a content word with the question "
         "(English and French stems; calibrated with recall_min_score)."
     )
-    recall_kinds: list[Literal["fact", "message", "reply", "document_chunk"]] = Field(
-        default_factory=lambda: ["fact", "message"], description="What recall searches: the user's facts and own "
-        "messages; 'reply' adds the assistant's past answers."
+    recall_kinds: list[RecallKind] = Field(
+        default_factory=lambda: list[RecallKind](["fact", "message"]),
+        description="What recall searches: the user's facts and own messages; 'reply' adds the assistant's past "
+        "answers."
     )
     recall_token_budget: int = Field(256, ge=0, description="Most prompt tokens recalled memories may take.")
     recall_timeout_seconds: float = Field(

@@ -10,6 +10,7 @@ made) are gRPC errors.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -170,7 +171,7 @@ class ToolBox:
     def invoke_all(
         self, identity: Identity, session_id: str, user: str, calls: Sequence[common_pb2.ToolCall],
         tools: TurnTools, timeout: float, parallel: int,
-    ) -> list[asyncio.Future[tuple[common_pb2.ToolCall, common_pb2.ToolResult]]]:
+    ) -> builtins.list[asyncio.Future[tuple[common_pb2.ToolCall, common_pb2.ToolResult]]]:
         """Several calls at once (at most ``parallel`` in flight), as futures in the order they finish."""
         slots = asyncio.Semaphore(parallel)
 
@@ -178,7 +179,7 @@ class ToolBox:
             async with slots:
                 return call, await self.invoke(identity, session_id, user, call, tools, timeout)
 
-        return list(asyncio.as_completed([one(c) for c in calls]))  # type: ignore[arg-type]
+        return list(asyncio.as_completed([one(c) for c in calls]))
 
 
 def failed(call_id: str, code: str, message: str) -> common_pb2.ToolResult:

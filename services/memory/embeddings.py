@@ -155,7 +155,9 @@ class ProviderEmbeddings:
 
         self.model_id = model
         self.dimensions = dimensions
-        self._client = OpenAIEmbeddings(model=model, base_url=base_url, api_key=api_key or "not-needed",  # type: ignore[arg-type]
+        # base_url, api_key and timeout are the aliases of its fields; the pydantic plugin of mypy knows only the
+        # fields' own names on a model that takes both (populate_by_name).
+        self._client = OpenAIEmbeddings(model=model, base_url=base_url, api_key=api_key or "not-needed",  # type: ignore[call-arg]  # aliases the pydantic plugin rejects
                                         max_retries=1, timeout=timeout, check_embedding_ctx_length=False)
 
     async def embed_batch(self, texts: Sequence[str], query: bool = False) -> np.ndarray:
@@ -311,7 +313,7 @@ class BatchingEmbedder:
                 vectors[i] = computed[row]
                 if not background:  # a re-embedded store would only push live texts out of the cache
                     self._remember(keys[i], computed[row])
-        return np.stack(vectors)  # type: ignore[arg-type]
+        return np.stack(vectors)  # type: ignore[arg-type]  # every slot is filled by now
 
     async def aclose(self) -> None:
         self._queries.close()

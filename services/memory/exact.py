@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from moteur.memory.records import Hit, MemoryRecord, SearchFilter
+from moteur.memory.records import Hit, Kind, MemoryRecord, SearchFilter
 
 _COLUMNS = ("user", "session", "kind", "model")  # kept as arrays so that filters are vectorised
 
@@ -125,7 +125,7 @@ class ExactIndex:
         space = self._tenants.get(where.tenant)
         if space is None:
             return []
-        return [space.records[row] for row in np.nonzero(space.mask(where))[0][:limit]]  # type: ignore[misc]
+        return [space.records[row] for row in np.nonzero(space.mask(where))[0][:limit]]
 
     def models(self, tenant: str) -> Counter[str]:
         """How many of the tenant's vectors each embedding model made."""
@@ -142,11 +142,11 @@ class ExactIndex:
         return sum(count for space in self._tenants.values() for name, count in self.models_of(space).items()
                    if name != model)
 
-    def made_by_others(self, model: str, kinds: Sequence[str], limit: int) -> list[MemoryRecord]:
+    def made_by_others(self, model: str, kinds: Sequence[Kind], limit: int) -> list[MemoryRecord]:
         """Up to ``limit`` records of any tenant, of ``kinds``, whose vectors another model made."""
         found: list[MemoryRecord] = []
         for tenant in self._tenants:
-            where = SearchFilter(tenant=tenant, other_models=model, kinds=kinds)  # type: ignore[arg-type]
+            where = SearchFilter(tenant=tenant, other_models=model, kinds=kinds)
             found += self.matching(where, limit - len(found))
             if len(found) >= limit:
                 break
@@ -162,5 +162,5 @@ class ExactIndex:
         scores = space.vectors[rows] @ vector  # vectors are normalised: the dot product is the cosine
         best = np.argpartition(-scores, top_k)[:top_k] if len(rows) > top_k else np.arange(len(rows))
         best = best[np.argsort(-scores[best])]
-        return [Hit(space.records[rows[i]], float(scores[i])) for i in best  # type: ignore[arg-type]
+        return [Hit(space.records[rows[i]], float(scores[i])) for i in best
                 if scores[i] >= min_score]

@@ -115,7 +115,7 @@ class RuleExtractor:
         return candidates
 
 
-FACTS_SCHEMA = {
+FACTS_SCHEMA: dict[str, object] = {
     "type": "object",
     "properties": {"facts": {"type": "array", "maxItems": 5,
                              "items": {"type": "string", "minLength": 3, "maxLength": 200}}},

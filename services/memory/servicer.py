@@ -31,7 +31,7 @@ MAX_TOP_K = 100
 MAX_DOCUMENT_CHARS = 1_000_000
 _DOCUMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,48}")
 
-_KINDS: dict[int, Kind] = {
+_KINDS: dict[memory_pb2.MemoryKind, Kind] = {
     memory_pb2.MEMORY_KIND_MESSAGE: "message", memory_pb2.MEMORY_KIND_FACT: "fact",
     memory_pb2.MEMORY_KIND_DOCUMENT_CHUNK: "document_chunk", memory_pb2.MEMORY_KIND_REPLY: "reply",
 }
@@ -67,12 +67,12 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         identity = mesh_identity(context)
         if not 1 <= len(request.records) <= MAX_TEXTS:
             raise InvalidArgument("records", f"between 1 and {MAX_TEXTS} records, got {len(request.records)}")
-        for index, record in enumerate(request.records):
-            _text(record.text, f"records[{index}].text")
+        for index, given in enumerate(request.records):
+            _text(given.text, f"records[{index}].text")
             # The collection's columns are bounded (store.py): longer values are the caller's mistake.
-            for name, value, limit in (("id", record.id, 64), ("user_id", record.user_id, 128),
-                                       ("session_id", record.session_id, 64),
-                                       ("source_ids", ",".join(record.source_ids), 2048)):
+            for name, value, limit in (("id", given.id, 64), ("user_id", given.user_id, 128),
+                                       ("session_id", given.session_id, 64),
+                                       ("source_ids", ",".join(given.source_ids), 2048)):
                 if len(value.encode()) > limit:
                     raise InvalidArgument(f"records[{index}].{name}", f"at most {limit} bytes")
         records = []
@@ -242,7 +242,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
                                              from_models=status.from_models, running=status.running)
 
     @staticmethod
-    def _kinds(values: Sequence[int]) -> list[Kind]:
+    def _kinds(values: Sequence[memory_pb2.MemoryKind]) -> list[Kind]:
         kinds = []
         for index, kind in enumerate(values):
             if kind not in _KINDS:

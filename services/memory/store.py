@@ -130,7 +130,8 @@ class VectorStore:
         """Up to ``limit`` records, of any tenant, whose vectors another model than ``model`` made; facts
         first (what recall needs most), then messages, replies and document chunks."""
         found: list[MemoryRecord] = []
-        for kinds in (["fact"], ["message", "reply", "document_chunk"]):
+        groups: tuple[list[Kind], ...] = (["fact"], ["message", "reply", "document_chunk"])
+        for kinds in groups:
             wanted = limit - len(found)
             if wanted <= 0:
                 break

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -149,7 +150,7 @@ class ModelRouter:
             if not self._admit(plan, tries):
                 continue
             try:
-                completion = await self._retrying(plan, tries, lambda plan=plan: self._call(plan))  # type: ignore[misc]
+                completion = await self._retrying(plan, tries, functools.partial(self._call, plan))
             except ModelCallError as exc:
                 if not exc.fallback:
                     raise
@@ -166,7 +167,7 @@ class ModelRouter:
             async with contextlib.AsyncExitStack() as held:
                 try:
                     first, rest, limit = await self._retrying(
-                        plan, tries, lambda plan=plan: self._open_stream(plan, held)  # type: ignore[misc]
+                        plan, tries, functools.partial(self._open_stream, plan, held)
                     )
                 except ModelCallError as exc:
                     if not exc.fallback:
@@ -312,13 +313,14 @@ class ModelRouter:
                 self._retry_noted(plan, tries, exc, started)
             backoff = wait_random_exponential(multiplier=policy.initial_backoff_seconds,
                                               max=policy.max_backoff_seconds)
-            await asyncio.sleep(backoff(_Shifted(1)))  # type: ignore[arg-type]
+            await asyncio.sleep(backoff(_Shifted(1)))  # type: ignore[arg-type]  # _Shifted stands in for a RetryCallState
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(policy.attempts - 1),
                 # attempt n of these retries is attempt n + 1 of the call: the backoff keeps growing
-                wait=lambda state: backoff(_Shifted(state.attempt_number + 1)),  # type: ignore[arg-type]
+                wait=lambda state: backoff(_Shifted(state.attempt_number + 1)),  # type: ignore[arg-type]  # as above
                 retry=retry_if_exception(lambda e: isinstance(e, ModelCallError) and e.retryable),
-                before_sleep=lambda state: self._retry_noted(plan, tries, state.outcome.exception(), started),
+                before_sleep=lambda state: self._retry_noted(
+                    plan, tries, state.outcome.exception() if state.outcome else None, started),
                 reraise=True,
             ):
                 with attempt:
@@ -348,7 +350,7 @@ class ModelRouter:
             await attempt.enter_async_context(plan.state.slot(budget if plan.waits_for_slot else 0))
             limit = _TimeLimit(plan.state.deployment, budget)
             items = plan.state.provider.stream(plan.turns, plan.generation)
-            attempt.push_async_callback(items.aclose)  # type: ignore[attr-defined]
+            attempt.push_async_callback(items.aclose)
             async with limit.applied():
                 first = await anext(items)
             held.push_async_exit(attempt.pop_all())

@@ -13,7 +13,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal, Protocol
@@ -118,7 +118,7 @@ class ModelCallError(MoteurError):
 class Provider(Protocol):
     async def complete(self, turns: Sequence[Turn], generation: Generation) -> Completion: ...
 
-    def stream(self, turns: Sequence[Turn], generation: Generation) -> AsyncIterator[str | Completion]:
+    def stream(self, turns: Sequence[Turn], generation: Generation) -> AsyncGenerator[str | Completion, None]:
         """Text deltas, then exactly one Completion with the whole text."""
         ...
 
@@ -154,7 +154,7 @@ class InstantProvider:
             await asyncio.sleep(self.deployment.simulated_latency_ms / 1000)
         return self._answer(turns, generation)
 
-    async def stream(self, turns: Sequence[Turn], generation: Generation) -> AsyncIterator[str | Completion]:
+    async def stream(self, turns: Sequence[Turn], generation: Generation) -> AsyncGenerator[str | Completion, None]:
         if self.deployment.simulated_latency_ms:
             await asyncio.sleep(self.deployment.simulated_latency_ms / 1000)
         completion = self._answer(turns, generation)
@@ -188,7 +188,7 @@ class LangChainProvider:
             raise self._translate(exc) from exc
         return self._checked(_completion_of(message, _finish_of(message)), generation)
 
-    async def stream(self, turns: Sequence[Turn], generation: Generation) -> AsyncIterator[str | Completion]:
+    async def stream(self, turns: Sequence[Turn], generation: Generation) -> AsyncGenerator[str | Completion, None]:
         # Chunks add up (LangChain merges text, tool-call fragments and usage); the sum is the answer.
         gathered: BaseMessage | None = None
         finish: object = None
@@ -198,7 +198,8 @@ class LangChainProvider:
                 if text:
                     yield text
                 finish = _finish_of(chunk) or finish
-                gathered = chunk if gathered is None else gathered + chunk  # type: ignore[operator]
+                # The chunks are AIMessageChunks, whose + merges them (a plain BaseMessage's + makes a prompt).
+                gathered = chunk if gathered is None else gathered + chunk  # type: ignore[assignment]  # chunk + chunk is a chunk; langchain types it as a message
         except Exception as exc:
             raise self._translate(exc) from exc
         yield self._checked(_completion_of(gathered or AIMessageChunk(content=""), finish), generation)
@@ -309,7 +310,7 @@ class AnthropicProvider(LangChainProvider):
     def __init__(self, deployment: ModelDeployment) -> None:
         super().__init__(deployment)
         options: dict[str, Any] = {"base_url": deployment.base_url} if deployment.base_url else {}
-        self._chat = ChatAnthropic(  # type: ignore[call-arg]
+        self._chat = ChatAnthropic(
             model=deployment.model, api_key=_api_key(deployment) or "not-set",
             timeout=deployment.timeout_seconds, max_retries=0, **options,
         )
@@ -414,8 +415,12 @@ def _finish_of(message: BaseMessage) -> object:
     return metadata.get("finish_reason") or metadata.get("stop_reason")
 
 
+_STOP_REASONS: dict[str, FinishReason] = {  # Anthropic's
+    "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+}
+
+
 def _finish_reason(value: object) -> FinishReason:
     if value in ("stop", "length", "tool_calls", "content_filter"):
-        return value  # type: ignore[return-value]
-    return {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}.get(
-        str(value), "stop")  # type: ignore[return-value]
+        return value
+    return _STOP_REASONS.get(str(value), "stop")

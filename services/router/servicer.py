@@ -9,7 +9,7 @@ import grpc
 
 from moteur.router.orchestrator import CompletionRequest, ModelRouter, RoutedCompletion
 from moteur.router.providers import ModelTool, ToolCall, Turn
-from moteur.router.registry import REQUEST_TYPES, Route
+from moteur.router.registry import Route
 from moteur.runtime import jsontext
 from moteur.runtime.errors import InvalidArgument
 from moteur.runtime.identity import MODELS_REVISION_HEADER, mesh_identity
@@ -25,7 +25,12 @@ _FINISH = {
     "stop": common_pb2.FINISH_REASON_STOP, "length": common_pb2.FINISH_REASON_LENGTH,
     "tool_calls": common_pb2.FINISH_REASON_TOOL_CALLS, "content_filter": common_pb2.FINISH_REASON_CONTENT_FILTER,
 }
-_TYPES = {common_pb2.RequestType.Value(f"REQUEST_TYPE_{name.upper()}"): name for name in REQUEST_TYPES}
+# The request types routes name (registry.REQUEST_TYPES) and their values in the proto.
+_TYPE_VALUES: dict[str, common_pb2.RequestType] = {
+    "chat": common_pb2.REQUEST_TYPE_CHAT, "summarize": common_pb2.REQUEST_TYPE_SUMMARIZE,
+    "extract": common_pb2.REQUEST_TYPE_EXTRACT, "code": common_pb2.REQUEST_TYPE_CODE,
+}
+_TYPES = {value: name for name, value in _TYPE_VALUES.items()}
 _HEALTH = {"healthy": router_pb2.MODEL_HEALTH_HEALTHY, "degraded": router_pb2.MODEL_HEALTH_DEGRADED,
            "unavailable": router_pb2.MODEL_HEALTH_UNAVAILABLE}
 
@@ -80,7 +85,7 @@ def _route_info(route: Route) -> router_pb2.RouteInfo:
                   for k, v in route.when.model_dump(exclude_defaults=True).items()]
     return router_pb2.RouteInfo(
         name=route.name, candidates=route.candidates, conditions="; ".join(conditions),
-        request_types=[common_pb2.RequestType.Value(f"REQUEST_TYPE_{t.upper()}") for t in route.request_types],
+        request_types=[_TYPE_VALUES[t] for t in route.request_types],
         classifiable=bool(route.examples),
     )
 
@@ -182,7 +187,7 @@ def _to_proto(result: RoutedCompletion) -> router_pb2.CompleteResponse:
         dropped_messages=result.dropped_messages,
         route_decision=decision.how,
         route_score=decision.score,
-        classified_as=common_pb2.RequestType.Value(f"REQUEST_TYPE_{decision.classified_as.upper()}")
-        if decision.classified_as else common_pb2.REQUEST_TYPE_UNSPECIFIED,
+        classified_as=_TYPE_VALUES[decision.classified_as] if decision.classified_as
+        else common_pb2.REQUEST_TYPE_UNSPECIFIED,
         time_to_first_token_ms=result.time_to_first_token_ms,
     )

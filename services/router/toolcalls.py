@@ -27,7 +27,7 @@ import dataclasses
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -217,8 +217,8 @@ class TextToolCalls:
     async def complete(self, turns: Sequence[Turn], generation: Generation) -> Completion:
         return self._read(await self.provider.complete(turns, generation), generation)
 
-    async def stream(self, turns: Sequence[Turn], generation: Generation) -> AsyncIterator[str | Completion]:
-        async with contextlib.aclosing(self.provider.stream(turns, generation)) as items:  # type: ignore[type-var]
+    async def stream(self, turns: Sequence[Turn], generation: Generation) -> AsyncGenerator[str | Completion, None]:
+        async with contextlib.aclosing(self.provider.stream(turns, generation)) as items:
             if not generation.tools:
                 async for item in items:
                     yield item

@@ -16,7 +16,7 @@ import math
 import re
 import sys
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pint
@@ -31,7 +31,7 @@ from moteur.v1 import files_pb2_grpc, memory_pb2_grpc
 
 _NUMBER = {"type": "number"}
 _UNIT_TEXT = {"type": "string", "minLength": 1, "maxLength": 64}
-_units = pint.UnitRegistry()
+_units: pint.UnitRegistry = pint.UnitRegistry()
 # What a unit's text may be: names, ASCII digits, spaces and * / ^ ( ) . _ - ° %; an exponent is one digit
 # (with decimals), at most a few of them: pint computes any numbers in the text, and 9**9**9 never ends.
 _UNIT_SIGNS = frozenset("0123456789 */^()._°%-")  # with letters; not superscripts: pint reads ⁹ as **9
@@ -107,13 +107,13 @@ def _unit(text: str) -> pint.Unit:
     try:
         return _units.parse_units(text)
     except pint.errors.UndefinedUnitError as exc:
-        raise ToolError("unknown_unit", f"unknown unit {', '.join(map(repr, _names(exc)))}") from None
+        raise ToolError("unknown_unit", f"unknown unit {', '.join(map(repr, _names(exc.unit_names)))}") from None
     except Exception:  # pint's parser fails in many ways on text that is no unit (AssertionError, TokenError…)
         raise unreadable from None
 
 
-def _names(exc: pint.errors.UndefinedUnitError) -> tuple[str, ...]:
-    names = exc.unit_names
+def _names(names: str | Iterable[str]) -> tuple[str, ...]:
+    """An UndefinedUnitError's unit names: one str up to pint 0.24, a tuple since."""
     return (names,) if isinstance(names, str) else tuple(names)
 
 

@@ -106,7 +106,7 @@ def test_the_router_mounts_a_model_registry_it_can_load(values: dict[str, Any]) 
     replicas = values.get("services", {}).get("gateway", {}).get("replicas", 2)
     assert gateway["MOTEUR_QUEUE_REPLICAS"] == str(scaling["maxReplicas"] if scaling.get("enabled") else replicas)
     if not values:
-        assert config.get("qwen2.5-coder-1.5b").base_url == "http://moteur-model-server:8080/v1"  # type: ignore[union-attr]
+        assert config.get("qwen2.5-coder-1.5b").base_url == "http://moteur-model-server:8080/v1"
         assert "moteur-model-server" in _by_kind(manifests, "Deployment")
 
 

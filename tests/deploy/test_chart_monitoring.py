@@ -79,7 +79,7 @@ def test_the_target_alerts_select_the_jobs_the_servicemonitor_names_and_only_wit
     (rule,) = [m for m in _render_release("prod", "ai", MONITORED) if m["kind"] == "PrometheusRule"]
     alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if g["name"] == "moteur.targets"]
     (down,) = [r for r in alerts if r["alert"] == "MoteurTargetDown"]
-    jobs = re.search(r'job=~"([^"]+)"', down["expr"]).group(1)  # type: ignore[union-attr]
+    jobs = re.search(r'job=~"([^"]+)"', down["expr"]).group(1)
     assert 'namespace="ai"' in down["expr"]
     # With a ServiceMonitor, each target's job is its Service's name: <fullname>-<service>.
     assert all(re.fullmatch(jobs, f"prod-moteur-{service}") for service in SERVICES)

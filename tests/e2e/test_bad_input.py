@@ -13,7 +13,7 @@ from moteur.devstack.models import CHAT_MODEL, SECOND_MODEL
 from moteur.runtime.ids import new_id
 
 
-async def _error(call) -> MoteurClientError:  # type: ignore[no-untyped-def]
+async def _error(call) -> MoteurClientError:
     with pytest.raises(MoteurClientError) as caught:
         await call
     return caught.value
@@ -177,7 +177,7 @@ async def test_a_stray_character_in_a_metadata_key_is_invalid_before_any_model_c
     assert (await caller.client.get_usage()).total.total_tokens == 0  # and no model was called
 
 
-async def _drain(events) -> None:  # type: ignore[no-untyped-def]
+async def _drain(events) -> None:
     async for _ in events:
         pass
 

@@ -19,7 +19,7 @@ from moteur.client import MoteurClientError
 from moteur.v1 import common_pb2
 
 
-async def download(client, file_id: str) -> tuple[object, bytes]:  # type: ignore[no-untyped-def]
+async def download(client, file_id: str) -> tuple[object, bytes]:
     info, data = None, b""
     async for chunk in client.get_file(file_id):
         info = info or chunk.info
@@ -118,7 +118,7 @@ def test_the_cli_saves_the_rendered_answer_and_lists_it(stack, alice, tmp_path, 
     [saved] = list(tmp_path.iterdir())
     assert saved.suffix == ".docx" and saved.read_bytes()[:2] == b"PK" and f"saved {saved}" in result.output
     printed = result.output.replace("\n", " ")  # rich wraps at the runner's 80 columns
-    file_id = re.search(r"file\s+(\w{26})\)", printed).group(1)  # type: ignore[union-attr]
+    file_id = re.search(r"file\s+(\w{26})\)", printed).group(1)
     listed = runner.invoke(app, ["files", "list"])
     assert listed.exit_code == 0 and file_id in listed.output
     templates = runner.invoke(app, ["templates", "list", "--format", "pdf"])

@@ -24,7 +24,7 @@ def test_chat_streams_the_answer_and_the_session_shows_it(cli_env) -> None:
     result = runner.invoke(app, ["chat", "--model", "instant", "hello from the CLI"])
     assert result.exit_code == 0, result.output
     assert "instant answer to: hello from the CLI" in result.output
-    session_id = re.search(r"session (\w{26})", result.output).group(1)  # type: ignore[union-attr]
+    session_id = re.search(r"session (\w{26})", result.output).group(1)
 
     shown = runner.invoke(app, ["sessions", "show", session_id])
     assert shown.exit_code == 0 and "hello from the CLI" in shown.output
@@ -61,19 +61,19 @@ def test_chat_without_a_key_says_how_to_get_one(cli_env, monkeypatch: pytest.Mon
 def test_keys_create_prints_a_key_that_works_and_list_never_shows_secrets(cli_env, monkeypatch) -> None:
     created = runner.invoke(app, ["keys", "create", "--tenant", "initech", "--user", "peter"])
     assert created.exit_code == 0, created.output
-    key = re.search(r"mot_\S+", created.output).group(0)  # type: ignore[union-attr]
+    key = re.search(r"mot_\S+", created.output).group(0)
     monkeypatch.setenv("MOTEUR_API_KEY", key)
     assert runner.invoke(app, ["chat", "--model", "instant", "--no-stream", "hi"]).exit_code == 0
 
     listed = runner.invoke(app, ["keys", "list", "--tenant", "initech"])
     assert "peter" in listed.output and key not in listed.output
-    key_id = re.search(r"key id (\w{26})", created.output).group(1)  # type: ignore[union-attr]
+    key_id = re.search(r"key id (\w{26})", created.output).group(1)
     assert runner.invoke(app, ["keys", "revoke", key_id, "--tenant", "initech"]).exit_code == 0
 
 
 def test_an_admin_key_sets_and_shows_limits_and_lists_alerts(cli_env, monkeypatch) -> None:
     created = runner.invoke(app, ["keys", "create", "--tenant", "umbrella", "--admin"])
-    monkeypatch.setenv("MOTEUR_API_KEY", re.search(r"mot_\S+", created.output).group(0))  # type: ignore[union-attr]
+    monkeypatch.setenv("MOTEUR_API_KEY", re.search(r"mot_\S+", created.output).group(0))
 
     changed = runner.invoke(app, ["limits", "set", "user:ada", "requests_per_minute=5", "tokens_per_day=1000"])
     assert changed.exit_code == 0, changed.output

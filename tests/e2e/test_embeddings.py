@@ -16,12 +16,12 @@ MESH = Identity("acme", "alice", "standard")
 
 
 @pytest.fixture
-async def memory(stack):  # type: ignore[no-untyped-def]
+async def memory(stack):
     async with grpc.aio.insecure_channel(stack.address("memory")) as channel:
         yield memory_pb2_grpc.MemoryStub(channel)
 
 
-async def _embed(memory, *texts: str) -> memory_pb2.EmbedResponse:  # type: ignore[no-untyped-def]
+async def _embed(memory, *texts: str) -> memory_pb2.EmbedResponse:
     return await memory.Embed(memory_pb2.EmbedRequest(texts=list(texts)), metadata=signed(MESH), timeout=10)
 
 

@@ -18,12 +18,12 @@ ADD, UPDATE, DELETE, NONE = (memory_pb2.FACT_ACTION_ADD, memory_pb2.FACT_ACTION_
 
 
 @pytest.fixture
-async def memory(stack):  # type: ignore[no-untyped-def]
+async def memory(stack):
     async with grpc.aio.insecure_channel(stack.address("memory")) as channel:
         yield memory_pb2_grpc.MemoryStub(channel)
 
 
-async def _extract(  # type: ignore[no-untyped-def]
+async def _extract(
     memory, tenant: str, user: str, text: str, session: str = ""
 ) -> memory_pb2.ExtractResponse:
     return await memory.Extract(
@@ -32,7 +32,7 @@ async def _extract(  # type: ignore[no-untyped-def]
     )
 
 
-async def _facts(memory, tenant: str, user: str, question: str, top_k: int = 5) -> list[str]:  # type: ignore[no-untyped-def]
+async def _facts(memory, tenant: str, user: str, question: str, top_k: int = 5) -> list[str]:
     found = await memory.Search(
         memory_pb2.SearchRequest(text=question, user_id=user, kinds=[memory_pb2.MEMORY_KIND_FACT], top_k=top_k),
         metadata=signed(Identity(tenant, user, "")), timeout=30,

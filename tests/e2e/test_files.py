@@ -78,18 +78,18 @@ def _struct(value: dict[str, object]) -> struct_pb2.Struct:
 
 
 @pytest.fixture
-async def files(stack):  # type: ignore[no-untyped-def]
+async def files(stack):
     async with grpc.aio.insecure_channel(stack.address("files")) as channel:
         yield files_pb2_grpc.FilesStub(channel)
 
 
-async def _render(files, metadata=None, **fields) -> files_pb2.FileInfo:  # type: ignore[no-untyped-def]
+async def _render(files, metadata=None, **fields) -> files_pb2.FileInfo:
     if isinstance(fields.get("data"), dict):
         fields["data"] = _struct(fields["data"])
     return await files.Render(files_pb2.RenderRequest(**fields), metadata=metadata or signed(ACME), timeout=60)
 
 
-async def _fetch(files, file_id: str, metadata=None) -> tuple[files_pb2.FileInfo, bytes]:  # type: ignore[no-untyped-def]
+async def _fetch(files, file_id: str, metadata=None) -> tuple[files_pb2.FileInfo, bytes]:
     info, content = None, bytearray()
     request = files_pb2.GetFileRequest(file_id=file_id)
     async for chunk in files.GetFile(request, metadata=metadata or signed(ACME), timeout=60):
@@ -100,13 +100,13 @@ async def _fetch(files, file_id: str, metadata=None) -> tuple[files_pb2.FileInfo
     return info, bytes(content)
 
 
-async def _error(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
+async def _error(call) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     return caught.value
 
 
-async def _stream_error(stream) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
+async def _stream_error(stream) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in stream:
             pass
@@ -284,7 +284,7 @@ async def test_letter_and_meeting_notes_render_their_data(files) -> None:
     ({"format": F.FILE_FORMAT_MARKDOWN, "markdown": "x" * (4 * 1024 * 1024 + 1)},
      grpc.StatusCode.INVALID_ARGUMENT, "MOTEUR_FILES_MAX_INPUT_BYTES"),
 ])
-async def test_bad_render_requests_say_what_to_change(files, fields, code, words) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_render_requests_say_what_to_change(files, fields, code, words) -> None:
     error = await _error(_render(files, **fields))
     assert error.code() is code and words in error.details(), error.details()
 
@@ -438,7 +438,7 @@ async def test_streaming_a_large_file_keeps_the_service_memory_flat(files, stack
 
 # -- a files service with other settings: size limit, model-found tables, retention -------------------------
 @pytest.fixture(scope="module")
-async def scripted_files(stack):  # type: ignore[no-untyped-def]
+async def scripted_files(stack):
     """A files service whose tables come from the scripted model and whose files may take 100 kB."""
     process, address = stack.extra_service("files", "files-scripted", MOTEUR_FILES_TABLE_MODEL="scripted",
                                            MOTEUR_FILES_MAX_BYTES="100000")
@@ -514,7 +514,7 @@ async def test_expired_files_are_not_served_and_the_sweeper_deletes_them(stack) 
 
 # -- S3-compatible storage ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
     """moto's S3-compatible server on a free loopback port, with an empty bucket."""
     import boto3
 

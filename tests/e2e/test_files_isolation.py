@@ -72,7 +72,7 @@ def _rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def test_a_template_that_loops_for_ever_is_refused_naming_its_cpu_budget(files, stack) -> None:  # type: ignore[no-untyped-def]
+async def test_a_template_that_loops_for_ever_is_refused_naming_its_cpu_budget(files, stack) -> None:
     started = time.monotonic()
     error = await _put(files, stack, "loop", LOOP)
     assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -80,7 +80,7 @@ async def test_a_template_that_loops_for_ever_is_refused_naming_its_cpu_budget(f
     assert time.monotonic() - started < 5
 
 
-async def test_a_huge_power_is_refused_at_once(files, stack) -> None:  # type: ignore[no-untyped-def]
+async def test_a_huge_power_is_refused_at_once(files, stack) -> None:
     started = time.monotonic()
     error = await _put(files, stack, "power", POWER)
     assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -88,19 +88,19 @@ async def test_a_huge_power_is_refused_at_once(files, stack) -> None:  # type: i
     assert time.monotonic() - started < 2
 
 
-async def test_a_recursive_macro_is_invalid_argument(files, stack) -> None:  # type: ignore[no-untyped-def]
+async def test_a_recursive_macro_is_invalid_argument(files, stack) -> None:
     error = await _put(files, stack, "recursion", RECURSION)
     assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "recurses" in error.details()
 
 
-async def test_a_template_that_fills_memory_is_refused_naming_the_memory_limit(files, stack) -> None:  # type: ignore[no-untyped-def]
+async def test_a_template_that_fills_memory_is_refused_naming_the_memory_limit(files, stack) -> None:
     error = await _put(files, stack, "hog", MEMORY_HOG)
     assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "512 MiB memory limit" in error.details() and "MOTEUR_FILES_WORKER_MEMORY_BYTES" in error.details()
 
 
-async def test_a_render_past_its_cpu_budget_is_resource_exhausted(files, stack) -> None:  # type: ignore[no-untyped-def]
+async def test_a_render_past_its_cpu_budget_is_resource_exhausted(files, stack) -> None:
     assert await _put(files, stack, "slow-on-data", SLOW_ON_DATA) is None
     request = files_pb2.RenderRequest(format=common_pb2.FILE_FORMAT_MARKDOWN, template="slow-on-data")
     request.data.update({"n": 100000})
@@ -112,7 +112,7 @@ async def test_a_render_past_its_cpu_budget_is_resource_exhausted(files, stack) 
     assert time.monotonic() - started < 8
 
 
-async def test_another_tenants_renders_go_on_while_pathological_templates_run(files, stack, isolated) -> None:  # type: ignore[no-untyped-def]
+async def test_another_tenants_renders_go_on_while_pathological_templates_run(files, stack, isolated) -> None:
     rss_before = _rss_bytes(isolated[1])
     stop = asyncio.Event()
     refused: list[grpc.StatusCode] = []
@@ -135,7 +135,7 @@ async def test_another_tenants_renders_go_on_while_pathological_templates_run(fi
     assert _rss_bytes(isolated[1]) - rss_before < 100 * MIB  # rendering happens in the workers
 
 
-async def test_a_render_whose_caller_gave_up_does_not_hold_a_worker(files, stack) -> None:  # type: ignore[no-untyped-def]
+async def test_a_render_whose_caller_gave_up_does_not_hold_a_worker(files, stack) -> None:
     slow = [asyncio.ensure_future(_put(files, stack, "loop", LOOP, timeout=0.3)) for _ in range(6)]
     errors = await asyncio.gather(*slow)
     assert all(e is not None and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED for e in errors)

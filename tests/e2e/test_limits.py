@@ -15,7 +15,7 @@ from moteur.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.waiting import metric
 
 
-async def _limited_user(make_caller, tier: str = "standard", **limits: int):  # type: ignore[no-untyped-def]
+async def _limited_user(make_caller, tier: str = "standard", **limits: int):
     """A user of a fresh tenant whose own limits are set by the tenant's admin key."""
     tenant = f"t-{new_id().lower()}"
     admin = await make_caller(tenant, "", tier=tier, admin=True)
@@ -24,21 +24,21 @@ async def _limited_user(make_caller, tier: str = "standard", **limits: int):  # 
     return await make_caller(tenant, "u1", tier=tier)
 
 
-async def _hi_tokens(make_caller) -> int:  # type: ignore[no-untyped-def]
+async def _hi_tokens(make_caller) -> int:
     """What a first "hi" turn on the instant model costs a fresh user (the chat route's system prompt counts),
     so that quotas below are set in turns, not in numbers that change with the prompt."""
     probe = await _limited_user(make_caller)
     return (await probe.client.chat("hi", model_hint="instant", max_output_tokens=8)).usage.total_tokens
 
 
-async def _refusal(call) -> MoteurClientError:  # type: ignore[no-untyped-def]
+async def _refusal(call) -> MoteurClientError:
     with pytest.raises(MoteurClientError) as caught:
         await call
     assert caught.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value
     return caught.value
 
 
-async def _admitted_within(user, seconds: float, failure: str) -> None:  # type: ignore[no-untyped-def]
+async def _admitted_within(user, seconds: float, failure: str) -> None:
     """Polls with a turn until one is admitted (a slot freed)."""
     for _ in range(round(seconds / 0.1)):
         try:

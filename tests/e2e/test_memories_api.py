@@ -18,7 +18,7 @@ from moteur.v1 import memory_pb2
 from tests.waiting import eventually
 
 
-async def _facts_of(caller, expected: str) -> list:  # type: ignore[no-untyped-def]
+async def _facts_of(caller, expected: str) -> list:
     for _ in range(100):  # the outbox relay delivers within moments
         page = await caller.client.list_memories(kinds=["fact"])
         if any(expected in r.text for r in page.records):
@@ -27,7 +27,7 @@ async def _facts_of(caller, expected: str) -> list:  # type: ignore[no-untyped-d
     raise AssertionError(f"no fact with {expected!r} arrived")
 
 
-async def _outbox_drained(stack, mongo, tenant: str) -> None:  # type: ignore[no-untyped-def]
+async def _outbox_drained(stack, mongo, tenant: str) -> None:
     """Waits until the memory outbox holds no entry of ``tenant``: the turn's entries are written with the turn,
     before its answer, and deleted once memory stored them (and extracted facts, when asked). None of them
     may have been dead-lettered: "absent from memory" must not mean "failed on the way"."""

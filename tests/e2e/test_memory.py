@@ -19,17 +19,17 @@ def _mesh(tenant: str) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-async def memory(stack):  # type: ignore[no-untyped-def]
+async def memory(stack):
     async with grpc.aio.insecure_channel(stack.address("memory")) as channel:
         yield memory_pb2_grpc.MemoryStub(channel)
 
 
-async def _upsert(memory, tenant: str, *records: memory_pb2.MemoryRecord) -> list[str]:  # type: ignore[no-untyped-def]
+async def _upsert(memory, tenant: str, *records: memory_pb2.MemoryRecord) -> list[str]:
     reply = await memory.Upsert(memory_pb2.UpsertRequest(records=records), metadata=_mesh(tenant), timeout=30)
     return list(reply.ids)
 
 
-async def _search(memory, tenant: str, **query: object) -> memory_pb2.SearchResponse:  # type: ignore[no-untyped-def]
+async def _search(memory, tenant: str, **query: object) -> memory_pb2.SearchResponse:
     return await memory.Search(memory_pb2.SearchRequest(**query), metadata=_mesh(tenant), timeout=30)
 
 

@@ -15,7 +15,7 @@ SLOW = {"model_hint": "paced"}  # answers after 0.8 s
 
 
 @pytest.fixture
-async def narrow_gateway(stack):  # type: ignore[no-untyped-def]
+async def narrow_gateway(stack):
     process, address = stack.extra_gateway(
         "gateway-narrow", MOTEUR_QUEUE_CAPACITY="1", MOTEUR_QUEUE_MAX_QUEUED="2",
         MOTEUR_QUEUE_CRITICAL_SHARE="0", MOTEUR_DRAIN_SECONDS="10",

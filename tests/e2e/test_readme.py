@@ -42,7 +42,7 @@ def test_the_readme_has_the_examples_this_test_checks() -> None:
 
 
 @pytest.mark.timeout(900)
-async def test_every_readme_example_runs_and_answers_sensibly(stack, make_caller, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_every_readme_example_runs_and_answers_sensibly(stack, make_caller, monkeypatch) -> None:
     # As `make run`'s development key: an admin of its own tenant, with a user.
     caller = await make_caller(f"readme-{new_id().lower()}", "dev", admin=True)
     monkeypatch.setenv("MOTEUR_GATEWAY", stack.address("gateway"))
@@ -55,7 +55,7 @@ async def test_every_readme_example_runs_and_answers_sensibly(stack, make_caller
         result = await asyncio.to_thread(runner.invoke, app, filled)  # the CLI's own client, off the loop
         assert result.exit_code == 0, f"moteur {shlex.join(filled)}:\n{result.output}"
         if command[0] == "chat" and "--session" not in command and session_id == "":
-            session_id = re.search(r"session (\w{26})", result.output).group(1)  # type: ignore[union-attr]
+            session_id = re.search(r"session (\w{26})", result.output).group(1)
         if command[:2] == ["keys", "create"] and not key_id:
             key_id = ULID.findall(result.output)[0]
         for question, answer in EXPECTED.items():

@@ -22,7 +22,7 @@ from tests.mesh import signed
 INSTANT = {"model_hint": "instant"}
 
 
-async def _stored(  # type: ignore[no-untyped-def]
+async def _stored(
     stack, tenant: str, user: str, text: str, seconds: float = 20.0
 ) -> list[memory_pb2.SearchHit]:
     """Wait until memory holds a message of ``user`` that matches ``text``."""
@@ -44,17 +44,17 @@ async def _stored(  # type: ignore[no-untyped-def]
             await asyncio.sleep(0.2)
 
 
-def _gateway_metric(stack, series: str) -> float:  # type: ignore[no-untyped-def]
+def _gateway_metric(stack, series: str) -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{stack.ports['gateway-metrics']}/metrics", timeout=5).read()
     line = next(x for x in body.decode().splitlines() if x.startswith(f"{series} "))
     return float(line.split()[1])
 
 
-def _backlog(stack) -> float:  # type: ignore[no-untyped-def]
+def _backlog(stack) -> float:
     return _gateway_metric(stack, "moteur_memory_outbox_backlog")
 
 
-async def _facts_of(caller, expected: str) -> set[str]:  # type: ignore[no-untyped-def]
+async def _facts_of(caller, expected: str) -> set[str]:
     for _ in range(150):
         facts = {r.text for r in (await caller.client.list_memories(kinds=["fact"])).records}
         if expected in facts:

@@ -31,7 +31,7 @@ class Planted:
 
 
 @pytest.fixture(scope="module")
-async def planted(make_caller) -> Planted:  # type: ignore[no-untyped-def]
+async def planted(make_caller) -> Planted:
     caller = await make_caller(f"rag-{new_id()}", "noa")
     reply = await caller.client.chat("My dog's name is Biscuit and I live in Valparaiso.", model_hint="instant")
     await caller.client.upsert_document("The holiday policy grants 25 days of paid leave a year.",
@@ -45,7 +45,7 @@ async def planted(make_caller) -> Planted:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def sync_client(stack, planted: Planted) -> Iterator[MoteurClient]:  # type: ignore[no-untyped-def]
+def sync_client(stack, planted: Planted) -> Iterator[MoteurClient]:
     with MoteurClient(stack.address("gateway"), planted.caller.key) as client:
         yield client
 

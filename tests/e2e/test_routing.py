@@ -125,7 +125,7 @@ async def test_the_registry_reloads_on_change_and_a_broken_file_keeps_the_previo
         capacity = await eventually(
             lambda: [e for e in logged(stack, "gateway", "dispatch.capacity") if e.get("revision") == after.revision],
             message="the gateway did not re-read the registry's capacities after an answer of the new revision")
-        assert capacity[-1]["pools"]["model:paced-single"] == 2  # type: ignore[index]
+        assert capacity[-1]["pools"]["model:paced-single"] == 2
         assert all(wait < 100 for wait in await _queue_waits(stack, alice.key, ["paced-single"] * 2))
 
         refusals_before = len(logged(stack, "router", "router.config_refused"))

@@ -30,7 +30,7 @@ LOCATION = {"name": "get_location", "description": "Where the user is, from thei
 
 
 @pytest.fixture
-async def script(fault_server: str):  # type: ignore[no-untyped-def]
+async def script(fault_server: str):
     """Scripts the model's steps for a fresh question; returns the question."""
     async def scripted(*steps: dict[str, Any]) -> str:
         question = f"scripted question {uuid.uuid4().hex[:8]}"
@@ -110,6 +110,7 @@ async def test_a_model_that_keeps_calling_tools_is_stopped_with_a_clear_answer(a
     question = await script(calls(("calculator", {"expression": "1 + 1"})))  # repeats forever
     reply = await alice.client.chat(question, model_hint="scripted")
     assert reply.status == gateway_pb2.TURN_STATUS_COMPLETED
+    assert reply.finish_reason == common_pb2.FINISH_REASON_STOP  # an answer, not calls to run
     assert reply.route.entries["tool_loop"] == "max_rounds" and reply.route.entries["tool_rounds"] == "8"
     assert "stopped after 8 rounds of tool calls" in reply.message.content
     stored = (await alice.client.get_session(reply.session_id)).messages

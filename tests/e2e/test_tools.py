@@ -30,12 +30,12 @@ MESH = Identity("acme", "alice", "standard")
 
 
 @pytest.fixture
-async def tools(stack):  # type: ignore[no-untyped-def]
+async def tools(stack):
     async with grpc.aio.insecure_channel(stack.address("tools")) as channel:
         yield tools_pb2_grpc.ToolsStub(channel)
 
 
-async def _invoke(tools, name: str, arguments: object) -> common_pb2.ToolResult:  # type: ignore[no-untyped-def]
+async def _invoke(tools, name: str, arguments: object) -> common_pb2.ToolResult:
     text = arguments if isinstance(arguments, str) else json.dumps(arguments)
     call = common_pb2.ToolCall(id="call-1", name=name, arguments_json=text)
     return await tools.Invoke(tools_pb2.InvokeRequest(call=call), metadata=signed(MESH), timeout=10)
@@ -102,19 +102,19 @@ INITECH = Identity("initech", "ian", "standard")  # not in the test policy: the 
 DEFAULT_TOOLS = {"calculator", "convert_units", "datetime_now", "knowledge_search"}
 
 
-async def _names(tools, identity: Identity) -> set[str]:  # type: ignore[no-untyped-def]
+async def _names(tools, identity: Identity) -> set[str]:
     listed = await tools.ListTools(tools_pb2.ListToolsRequest(), metadata=signed(identity), timeout=5)
     return {t.name for t in listed.tools}
 
 
-async def _call(tools, identity: Identity, name: str, arguments: object,  # type: ignore[no-untyped-def]
+async def _call(tools, identity: Identity, name: str, arguments: object,
                 user_id: str = "") -> common_pb2.ToolResult:
     call = common_pb2.ToolCall(id="call-1", name=name, arguments_json=json.dumps(arguments))
     return await tools.Invoke(tools_pb2.InvokeRequest(call=call, user_id=user_id),
                               metadata=signed(identity), timeout=15)
 
 
-async def _eventually(check, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
+async def _eventually(check, seconds: float = 30) -> None:
     """Polls ``check`` (an async predicate) until it holds: MCP servers start and policies reload in the
     background."""
     for _ in range(round(seconds / 0.2)):
@@ -124,24 +124,24 @@ async def _eventually(check, seconds: float = 30) -> None:  # type: ignore[no-un
     raise AssertionError(f"still not so after {seconds} s")
 
 
-def _metrics(stack) -> str:  # type: ignore[no-untyped-def]
+def _metrics(stack) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports['tools-metrics']}/metrics", timeout=5) as reply:
         return reply.read().decode()
 
 
 @pytest.fixture
-async def mcp_ready(tools) -> None:  # type: ignore[no-untyped-def]
+async def mcp_ready(tools) -> None:
     """acme's MCP servers have started (a few seconds after the stack)."""
     await _eventually(lambda: _has(tools, ACME, "notes__read_note"))
     await _eventually(lambda: _has(tools, ACME_ENTERPRISE, "vault__read_note"))
 
 
-async def _has(tools, identity: Identity, name: str) -> bool:  # type: ignore[no-untyped-def]
+async def _has(tools, identity: Identity, name: str) -> bool:
     return name in await _names(tools, identity)
 
 
 @pytest.fixture
-def policy(stack):  # type: ignore[no-untyped-def]
+def policy(stack):
     """Writes a changed policy for the running tools service; the test's own, put back afterwards."""
     original = stack.options.tools_config
     yield lambda change: stack.write_tools_file(change(copy.deepcopy(original)))
@@ -211,13 +211,13 @@ async def test_tools_of_a_tier_are_only_that_tiers(tools, mcp_ready) -> None:
     assert refused.value.code() is grpc.StatusCode.NOT_FOUND
 
 
-def _connects(stack, server: str) -> float:  # type: ignore[no-untyped-def]
+def _connects(stack, server: str) -> float:
     found = re.search(rf'moteur_mcp_connects_total{{server="{server}",tenant="acme"}} (\S+)', _metrics(stack))
     assert found, f"no connection count for {server}"
     return float(found.group(1))
 
 
-async def _lacks(tools, identity: Identity, name: str) -> bool:  # type: ignore[no-untyped-def]
+async def _lacks(tools, identity: Identity, name: str) -> bool:
     return not await _has(tools, identity, name)
 
 
@@ -270,7 +270,7 @@ async def test_a_killed_mcp_server_is_restarted_and_its_tools_come_back(tools, s
 async def test_a_changed_policy_applies_without_a_restart_and_a_broken_one_is_refused(tools, stack, policy) -> None:
     assert await _names(tools, INITECH) == DEFAULT_TOOLS
 
-    def calculator_only(config: dict) -> dict:  # type: ignore[type-arg]
+    def calculator_only(config: dict) -> dict:
         config["tenants"]["initech"] = {"allow": ["calc*"]}
         return config
 
@@ -284,7 +284,7 @@ async def test_a_changed_policy_applies_without_a_restart_and_a_broken_one_is_re
     await _eventually(lambda: _same(tools, INITECH, DEFAULT_TOOLS))
 
 
-async def _same(tools, identity: Identity, names: set[str]) -> bool:  # type: ignore[no-untyped-def]
+async def _same(tools, identity: Identity, names: set[str]) -> bool:
     return await _names(tools, identity) == names
 
 
@@ -294,7 +294,7 @@ def _refusals(metrics: str) -> float:
     return float(lines[0].split()[-1]) if lines else 0.0
 
 
-async def _refused_since(stack, before: float) -> bool:  # type: ignore[no-untyped-def]
+async def _refused_since(stack, before: float) -> bool:
     return _refusals(await asyncio.to_thread(_metrics, stack)) > before
 
 
@@ -310,7 +310,7 @@ async def test_a_streamable_http_mcp_server_added_by_a_reload_serves_its_tenant(
     try:
         await _eventually(started, seconds=10)
 
-        def with_web(config: dict) -> dict:  # type: ignore[type-arg]
+        def with_web(config: dict) -> dict:
             config["tenants"]["initech"] = {"mcp_servers": [
                 {"name": "web", "transport": "http", "url": f"http://127.0.0.1:{port}/mcp", "timeout_ms": 5000}]}
             return config
@@ -338,7 +338,7 @@ async def test_knowledge_search_finds_the_callers_and_the_tenants_documents_only
     await bob.client.upsert_document(text.format("Bob"), document_id="bob-notes")
     await stranger.client.upsert_document(text.format("a stranger"), document_id="stranger-notes")
 
-    async def documents(identity: Identity, user_id: str = "") -> dict[str, dict]:  # type: ignore[type-arg]
+    async def documents(identity: Identity, user_id: str = "") -> dict[str, dict]:
         result = await _call(tools, identity, "knowledge_search",
                              {"query": "who works the lighthouse night shift", "top_k": 10, "kinds": ["document"]},
                              user_id=user_id)

@@ -23,7 +23,7 @@ GLOBEX = Identity("globex", "mallory", "standard")
 
 
 @pytest.fixture
-async def tools(stack: LocalStack):  # type: ignore[no-untyped-def]
+async def tools(stack: LocalStack):
     async with grpc.aio.insecure_channel(stack.address("tools")) as channel:
         yield tools_pb2_grpc.ToolsStub(channel)
 
@@ -64,7 +64,7 @@ async def acme_limited_to_two(stack: LocalStack) -> AsyncIterator[None]:
     original = stack.options.tools_config
     assert original is not None
     limited = copy.deepcopy(original)
-    limited["tenants"]["acme"]["max_concurrent_calls"] = 2  # type: ignore[index]
+    limited["tenants"]["acme"]["max_concurrent_calls"] = 2
     await _apply(stack, limited)
     yield
     await _apply(stack, original)
@@ -78,7 +78,7 @@ async def _apply(stack: LocalStack, policy: dict[str, object]) -> None:
 
 
 async def test_a_tenant_at_its_limit_is_refused_while_another_tenants_calls_run(
-        tools, stack: LocalStack, mcp_ready: None, acme_limited_to_two: None) -> None:  # type: ignore[no-untyped-def]
+        tools, stack: LocalStack, mcp_ready: None, acme_limited_to_two: None) -> None:
     refused = await asyncio.to_thread(_sample, stack, 'moteur_tool_calls_refused_total{reason="tenant_limit"}')
     waits = [asyncio.create_task(_call(tools, stack, ACME, "notes__wait", {"seconds": 1.5})) for _ in range(2)]
     await _until(lambda: _metric_above(stack, "moteur_tool_calls_in_flight", 1), seconds=10)
@@ -95,7 +95,7 @@ async def test_a_tenant_at_its_limit_is_refused_while_another_tenants_calls_run(
 
 
 async def test_a_call_whose_deadline_passes_is_abandoned_and_its_mcp_work_cancelled(
-        tools, stack: LocalStack, mcp_ready: None) -> None:  # type: ignore[no-untyped-def]
+        tools, stack: LocalStack, mcp_ready: None) -> None:
     series = 'moteur_tool_calls_abandoned_total{reason="deadline"}'
     abandoned = await asyncio.to_thread(_sample, stack, series)
     with pytest.raises(grpc.aio.AioRpcError) as late:
@@ -116,7 +116,7 @@ async def test_a_call_whose_deadline_passes_is_abandoned_and_its_mcp_work_cancel
      "cannot convert km to kg"),
 ])
 async def test_what_a_builtin_cannot_answer_is_an_error_result_saying_why(
-        tools, stack: LocalStack, name: str, arguments: object, code: str,  # type: ignore[no-untyped-def]
+        tools, stack: LocalStack, name: str, arguments: object, code: str,
         words: str) -> None:
     result = await _call(tools, stack, ACME, name, arguments)
     assert (result.ok, result.error_code) == (False, code) and words in result.error_message, result

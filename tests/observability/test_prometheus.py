@@ -94,16 +94,16 @@ def _with_flaky_route(stack: LocalStack) -> None:
     config = stack.models_config()
     dead = {"name": "unreachable", "provider": "openai", "model": "none", "timeout_seconds": 2,
             "base_url": f"http://127.0.0.1:{free_port()}/v1", "input_price_per_1k_usd": 0.001}
-    config["models"] = [*config["models"], dead]  # type: ignore[list-item]
+    config["models"] = [*config["models"], dead]
     flaky = {"name": "flaky", "request_types": ["code"], "candidates": ["unreachable", "instant"]}
-    config["routes"] = [flaky, *config["routes"]]  # type: ignore[list-item]
+    config["routes"] = [flaky, *config["routes"]]
     stack.models_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 async def _until(check: object, seconds: float = 15) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if await check():  # type: ignore[operator]
+        if await check():
             return
         await asyncio.sleep(0.3)
     raise TimeoutError(f"{check} still false after {seconds} s")

@@ -33,7 +33,7 @@ def _completes(metrics_port: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def balanced(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def balanced(tmp_path_factory: pytest.TempPathFactory):
     """A stack, two more routers, and a gateway whose router address lists all three."""
     options = StackOptions(data_dir=tmp_path_factory.mktemp("balanced"), model_server=False, fact_extractor="rules")
     with LocalStack(options) as stack:
@@ -49,14 +49,14 @@ def balanced(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
         yield stack, routers, gateway_address
 
 
-async def _chat(keys, address: str, count: int) -> None:  # type: ignore[no-untyped-def]
+async def _chat(keys, address: str, count: int) -> None:
     client = keys.on(address, keys.key)
     for i in range(count):
         await client.chat(f"ping {i}", model_hint="instant", use_memory=False)
 
 
 @pytest.fixture(scope="module")
-async def keys(balanced, own_keys):  # type: ignore[no-untyped-def]
+async def keys(balanced, own_keys):
     made = await own_keys(balanced[0])
     made.key, _ = await made.client("balanced", "ada", "service")
     yield made

@@ -308,7 +308,7 @@ def _call_raw(channel: grpc.Channel, rpc: Rpc, payload: bytes, metadata: list[tu
 
 
 @pytest.fixture(scope="module")
-async def fuzz_key(key_store) -> str:  # type: ignore[no-untyped-def]
+async def fuzz_key(key_store) -> str:
     """A service key (no per-user limits, 6,000 requests a minute) so that fuzzing is not rate limited."""
     key, _ = await key_store.create(TENANT, "", "service")
     return key

@@ -36,10 +36,10 @@ FORGED_HEADERS = [("x-moteur-tenant", "acme"), ("x-moteur-user", "alice"), ("x-m
 
 
 def _call(stack: LocalStack, service: str, method: object, metadata: list[tuple[str, str]]) -> grpc.RpcError:
-    request = message_factory.GetMessageClass(method.input_type)()  # type: ignore[attr-defined]
-    path = f"/{method.containing_service.full_name}/{method.name}"  # type: ignore[attr-defined]
+    request = message_factory.GetMessageClass(method.input_type)()
+    path = f"/{method.containing_service.full_name}/{method.name}"
     with grpc.insecure_channel(stack.address(service)) as channel:
-        streaming = method.server_streaming  # type: ignore[attr-defined]
+        streaming = method.server_streaming
         call = (channel.unary_stream if streaming else channel.unary_unary)(
             path, request_serializer=lambda m: m.SerializeToString())
         with pytest.raises(grpc.RpcError) as refused:

@@ -23,7 +23,7 @@ SLOW = {"name": "slow", "provider": "instant", "simulated_latency_ms": 400, "max
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def replicas(tmp_path_factory: pytest.TempPathFactory):
     """A stack without model servers whose gateway is one of three replicas; yields it and the addresses."""
     options = StackOptions(data_dir=tmp_path_factory.mktemp("replicas"), model_server=False, fact_extractor="rules",
                            service_env={"MOTEUR_QUEUE_REPLICAS": str(REPLICAS)}, extra_models=[SLOW])
@@ -37,7 +37,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
 
 
 @pytest.fixture(scope="module")
-async def keys(replicas, own_keys):  # type: ignore[no-untyped-def]
+async def keys(replicas, own_keys):
     made: Keys = await own_keys(replicas[0])
     yield made
     await made.close()
@@ -49,7 +49,7 @@ async def _on_every_replica(keys: Keys, addresses: list[str], tenant: str, user:
     return key, [first, *(keys.on(a, key) for a in addresses[1:])]
 
 
-async def _code(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+async def _code(call) -> grpc.StatusCode:
     try:
         await call
     except MoteurClientError as error:

@@ -30,7 +30,7 @@ def _served(metrics_port: int, method: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def two_gateways(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def two_gateways(tmp_path_factory: pytest.TempPathFactory):
     options = StackOptions(data_dir=tmp_path_factory.mktemp("rollout"), model_server=False, fact_extractor="rules",
                            extra_models=[SLOW_STREAM])
     with LocalStack(options) as stack:

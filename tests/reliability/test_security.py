@@ -30,13 +30,13 @@ from tests.mesh import signed
 PROVIDER_SECRET = "sk-provider-" + "7f3a9c" * 6  # what a provider key in a Secret looks like to the router
 
 
-async def _refused(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+async def _refused(call) -> grpc.StatusCode:
     with pytest.raises(MoteurClientError) as refused:
         await call
     return refused.value.code
 
 
-async def _dump(mongo) -> str:  # type: ignore[no-untyped-def]
+async def _dump(mongo) -> str:
     """Every document of every collection of the moteur database, as text."""
     db = mongo["moteur"]
     parts = []
@@ -88,7 +88,7 @@ async def test_http_get_through_the_tools_service_refuses_internal_addresses(sta
 
 
 @pytest.fixture(scope="module")
-def secret_router(stack: LocalStack, fault_server: str):  # type: ignore[no-untyped-def]
+def secret_router(stack: LocalStack, fault_server: str):
     """A router replica with one provider whose key comes from an environment variable, as in a cluster."""
     models = yaml.safe_load(stack.models_file.read_text())
     models["models"].append({"name": "keyed", "provider": "openai", "model": "keyed", "base_url": f"{fault_server}/v1",

@@ -6,7 +6,7 @@ Reading a request validates it (INVALID_ARGUMENT naming the field); writing a re
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -71,7 +71,7 @@ def acting(identity: Identity, request: Forwarded) -> Forwarded:
     """A copy of ``request`` whose ``user_id`` is the user the key acts for (a user key: always its own)."""
     forwarded = type(request)()
     forwarded.CopyFrom(request)
-    forwarded.user_id = check.acting_user(identity, request.user_id)  # type: ignore[attr-defined]
+    forwarded.user_id = check.acting_user(identity, request.user_id)  # type: ignore[attr-defined]  # every Forwarded has user_id
     return forwarded
 
 
@@ -134,7 +134,7 @@ def chat_response(result: TurnResult) -> gateway_pb2.ChatResponse:
         message=message(result.answer),
         usage=usage(result.answer.usage),
         model=result.answer.model,
-        finish_reason=result.finish_reason,
+        finish_reason=cast(common_pb2.FinishReason, result.finish_reason),
         status=gateway_pb2.TURN_STATUS_REQUIRES_ACTION if result.status == REQUIRES_ACTION
         else gateway_pb2.TURN_STATUS_COMPLETED,
         pending_tool_calls=[common_pb2.ToolCall(**c) for c in result.pending],
