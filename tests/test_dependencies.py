@@ -41,7 +41,7 @@ def _typing_only(tree: ast.AST) -> set[int]:
 
 def _imports(folder: Path) -> set[str]:
     found: set[str] = set()
-    for path in folder.glob("*.py"):
+    for path in folder.rglob("*.py"):  # a service's packages too (services/gateway/api)
         tree = ast.parse(path.read_text())
         typing_only = _typing_only(tree)
         for node in ast.walk(tree):
