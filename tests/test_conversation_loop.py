@@ -40,6 +40,7 @@ from moteur.gateway.turns import (
 from moteur.gateway.usage import UsageLedger
 from moteur.runtime.channels import open_channel
 from moteur.runtime.errors import FailedPrecondition, MoteurError
+from moteur.runtime.group_commit import GroupCommit
 from moteur.runtime.identity import MODELS_REVISION_HEADER, Identity
 from moteur.runtime.ids import new_id
 from moteur.runtime.mesh_tokens import MeshTokenIssuer
@@ -172,7 +173,7 @@ async def harness(client: AsyncMongoClient) -> AsyncIterator[Harness]:
     settings = GatewaySettings(tool_max_rounds=MAX_ROUNDS, tool_loop_timeout_seconds=20,
                                tool_results_wait_seconds=60, tool_list_cache_seconds=0)
     conversation = Conversation(
-        client, sessions, UsageLedger(db), IdempotencyStore(db), router_pb2_grpc.RouterStub(channel), 5.0,
+        GroupCommit(client), sessions, UsageLedger(db), IdempotencyStore(db), router_pb2_grpc.RouterStub(channel), 5.0,
         on_registry=revisions.append,
         # Memory and files are not served: a turn that called them would fail with UNIMPLEMENTED.
         recall=Recall(memory_pb2_grpc.MemoryStub(channel)),

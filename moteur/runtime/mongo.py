@@ -11,7 +11,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from moteur.runtime.settings import MongoSettings
 
-_ClientWrite = InsertOne | UpdateOne
+ClientWrite = InsertOne | UpdateOne
 
 
 def connect_mongo(settings: MongoSettings) -> AsyncMongoClient:
@@ -48,7 +48,7 @@ def _without_id(document: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in document.items() if k != "_id"}
 
 
-async def write_together(client: AsyncMongoClient, writes: Sequence[_ClientWrite]) -> None:
+async def write_together(client: AsyncMongoClient, writes: Sequence[ClientWrite]) -> None:
     """Send writes to several collections in one round trip (MongoDB 8.0 ``bulkWrite``), in order.
 
     Not a transaction: a failure part-way leaves the earlier writes applied, which callers order for

@@ -27,6 +27,7 @@ from moteur.gateway.tooling import ToolBox
 from moteur.gateway.usage import UsageLedger
 from moteur.runtime.api_keys import ApiKeyStore
 from moteur.runtime.channels import open_channel
+from moteur.runtime.group_commit import GroupCommit
 from moteur.runtime.mesh_tokens import MeshTokenIssuer
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.server import Registration, ServiceApp, run
@@ -71,7 +72,8 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     limiter = RateLimiter(limits_store, catalog, settings.lease_seconds, ledger=usage)
     admission = AdmissionControl(catalog, limiter, alerts, pools)
     conversation = Conversation(
-        mongo, sessions, usage, idempotency, router, mesh.call_timeout_seconds, on_registry=pools.observe,
+        GroupCommit(mongo, settings.group_commit_max_turns), sessions, usage, idempotency, router,
+        mesh.call_timeout_seconds, on_registry=pools.observe,
         recall=Recall(memory, settings.recall_top_k, settings.recall_min_score, settings.recall_token_budget,
                       settings.recall_timeout_seconds, settings.recall_margin, settings.recall_kinds,
                       settings.recall_fact_bonus, settings.recall_word_bonus),

@@ -26,7 +26,6 @@ from typing import Any, cast
 
 import grpc
 import structlog
-from pymongo import AsyncMongoClient
 
 from moteur.gateway.idempotency import IdempotencyStore
 from moteur.gateway.metrics import CHAT_TOKENS, CHAT_TURNS, GATEWAY_TOOL_CALLS, TOOL_LOOPS, TOOL_ROUNDS
@@ -65,8 +64,8 @@ from moteur.runtime.errors import (
     MoteurError,
     Unavailable,
 )
+from moteur.runtime.group_commit import GroupCommit
 from moteur.runtime.identity import MODELS_REVISION_HEADER, Identity, metadata_value
-from moteur.runtime.mongo import write_together
 from moteur.runtime.protonames import ROLES
 from moteur.v1 import common_pb2, files_pb2, router_pb2, router_pb2_grpc
 
@@ -97,7 +96,7 @@ class _Loop:
 
 class Conversation:
     def __init__(
-        self, mongo: AsyncMongoClient, sessions: SessionStore, usage: UsageLedger, idempotency: IdempotencyStore,
+        self, commit: GroupCommit, sessions: SessionStore, usage: UsageLedger, idempotency: IdempotencyStore,
         router: router_pb2_grpc.RouterStub, call_timeout: float,
         on_registry: Callable[[str], None] = lambda revision: None,
         *, recall: Recall, outbox: MemoryOutbox, tenants: TenantSettings, toolbox: ToolBox, settings: GatewaySettings,
@@ -109,7 +108,7 @@ class Conversation:
         self._tenants = tenants
         self._recall = recall
         self._outbox = outbox
-        self._mongo = mongo
+        self._commit = commit
         self._sessions = sessions
         self._usage = usage
         self._idempotency = idempotency
@@ -329,7 +328,7 @@ class Conversation:
             if loop.turn.idempotency_key:
                 writes.append(self._idempotency.complete_write(identity.tenant, loop.turn.idempotency_key,
                                                                pending.to_record()))
-        await write_together(self._mongo, writes)
+        await self._commit.write(writes)
         session.stored, session.pending = True, pending_turn
         loop.question_stored, loop.unsaved = True, []
 
@@ -375,7 +374,7 @@ class Conversation:
         if outbox is not None:
             extract = turn.use_memory and switches.fact_extraction
             writes.extend(outbox.writes(session, [question, answer], extract=extract))
-        await write_together(self._mongo, writes)
+        await self._commit.write(writes)
         if outbox is not None:
             outbox.written()
         if loop.tools.status == "offered":
@@ -416,7 +415,7 @@ class Conversation:
             return
         try:
             outbox = self._outbox.writes(session, question) if to_memory else []
-            await write_together(self._mongo, [*self._sessions.turn_writes(session, [*question, *loop.unsaved]),
+            await self._commit.write([*self._sessions.turn_writes(session, [*question, *loop.unsaved]),
                                                *outbox])
             self._outbox.written()
         except Exception:

@@ -61,6 +61,10 @@ class GatewaySettings(MoteurSettings):
         1.0, gt=0, description="Longest a turn waits for recall before going on without memories."
     )
     queue_max_wait_seconds: float = Field(30.0, gt=0, description="Longest a turn waits for a slot.")
+    group_commit_max_turns: int = Field(
+        64, ge=1, le=1024, description="Turns whose writes one MongoDB bulk write may carry while another is in "
+        "flight (group commit: one journal sync for all); 1 sends each turn's writes alone."
+    )
     tool_max_rounds: int = Field(
         8, ge=1, le=64, description="Rounds of tool calls in one chat turn before the model must answer."
     )
