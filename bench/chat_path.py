@@ -4,6 +4,10 @@ Mesh under test: client → gateway (auth, session read, user + assistant messag
 SecantusDB) → router → instant provider. Each simulated caller keeps a session for 10 turns, then starts
 a new one, so histories stay realistic. Figures that matter are the differences and ratios to the echo,
 measured in the same run, because this machine is shared and noisy.
+
+BENCH_BASELINE=1 (commit 1109934, or BENCH_BASELINE_COMMIT) or BENCH_BASELINE=<commit> also starts that
+commit's mesh (bench/baseline.py) and measures both gateways' Chat in alternating slices of this run: an old
+commit's figures from another day are worthless here, where the machine's speed varies up to 3x.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.baseline import BaselineMesh, SliceResult, requested_commit
 from bench.echo_server import METHOD
 from bench.keys import bench_key
 from bench.stats import Figures
@@ -36,6 +41,7 @@ SECONDS_PER_POINT = float(os.environ.get("BENCH_SECONDS", "6"))
 BENCH_CALLER = Identity("bench", "bench-user", "standard")
 TURNS_PER_SESSION = 10
 PAYLOAD = "What is the capital of France? Answer in one word."
+BASELINE_ROUNDS = 2  # slices per side and concurrency when BENCH_BASELINE is set (alternating order)
 
 
 async def _drive(call: Callable[[int], Awaitable[None]], concurrency: int, seconds: float) -> tuple[list[float], float]:
@@ -67,23 +73,59 @@ async def _echo_figures(port: int) -> list[Figures]:
         return [Figures.of("echo", c, *await _drive(call, c, SECONDS_PER_POINT)) for c in CONCURRENCY]
 
 
-async def _gateway_figures(address: str, key: str) -> list[Figures]:
+def _chat_caller(channel: grpc.aio.Channel, key: str) -> Callable[[int], Awaitable[None]]:
+    """One Chat turn per call; each worker starts a new session every TURNS_PER_SESSION turns."""
     metadata = [("authorization", f"Bearer {key}")]
+    gateway = gateway_pb2_grpc.GatewayStub(channel)
+    sessions: dict[int, str] = {}
+
+    async def call(sequence: int) -> None:
+        worker, turn = divmod(sequence, 1_000_000)
+        session_id = "" if turn % TURNS_PER_SESSION == 0 else sessions[worker]
+        reply = await gateway.Chat(
+            gateway_pb2.ChatRequest(session_id=session_id, message=PAYLOAD, model_hint="instant"),
+            metadata=metadata, timeout=10,
+        )
+        sessions[worker] = reply.session_id
+
+    return call
+
+
+async def _gateway_figures(address: str, key: str) -> list[Figures]:
     async with grpc.aio.insecure_channel(address) as channel:
-        gateway = gateway_pb2_grpc.GatewayStub(channel)
-        sessions: dict[int, str] = {}
-
-        async def call(sequence: int) -> None:
-            worker, turn = divmod(sequence, 1_000_000)
-            session_id = "" if turn % TURNS_PER_SESSION == 0 else sessions[worker]
-            reply = await gateway.Chat(
-                gateway_pb2.ChatRequest(session_id=session_id, message=PAYLOAD, model_hint="instant"),
-                metadata=metadata, timeout=10,
-            )
-            sessions[worker] = reply.session_id
-
+        call = _chat_caller(channel, key)
         await _drive(call, 1, 1.0)
         return [Figures.of("gateway", c, *await _drive(call, c, SECONDS_PER_POINT)) for c in CONCURRENCY]
+
+
+async def _baseline_comparison(address: str, key: str, old: BaselineMesh) -> list[tuple[Figures, Figures]]:
+    """The current and the old gateway's Chat at each concurrency, in alternating slices (ABBA: current, old,
+    old, current), so that the machine's drift within the run weighs on both alike; each side gets
+    SECONDS_PER_POINT per concurrency in all."""
+    slice_seconds = SECONDS_PER_POINT / BASELINE_ROUNDS
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = _chat_caller(channel, key)
+        await _drive(call, 1, 1.0)
+        await asyncio.to_thread(old.run, 1, 1.0)  # warm-up of both
+        pairs = []
+        for concurrency in CONCURRENCY:
+            current: list[SliceResult] = []
+            baseline: list[SliceResult] = []
+            for round_ in range(BASELINE_ROUNDS):
+                old_first = round_ % 2 == 1
+                if old_first:
+                    baseline.append(await asyncio.to_thread(old.run, concurrency, slice_seconds))
+                current.append(SliceResult(*await _drive(call, concurrency, slice_seconds)))
+                if not old_first:
+                    baseline.append(await asyncio.to_thread(old.run, concurrency, slice_seconds))
+            now = _pooled("gateway", concurrency, current)
+            pairs.append((now, _pooled(f"gateway@{old.commit}", concurrency, baseline)))
+        return pairs
+
+
+def _pooled(name: str, concurrency: int, slices: list[SliceResult]) -> Figures:
+    """One side's slices as one point: every latency, and throughput over the slices' summed wall time."""
+    return Figures.of(name, concurrency, [x for s in slices for x in s.latencies], sum(s.seconds for s in slices))
 
 
 async def _store_figures(stack: LocalStack) -> Figures:
@@ -144,7 +186,21 @@ def report(echo: list[Figures], gateway: list[Figures]) -> str:
     return "\n".join(lines)
 
 
+def baseline_report(pairs: list[tuple[Figures, Figures]]) -> str:
+    """Per concurrency: (current, old) throughput, their ratio (what issue 18 judges) and both p50s."""
+    lines = [f"{'concurrency':>11} | {'now rps':>8} {'old rps':>8} {'now/old':>7} | {'now p50':>8} {'old p50':>8}"]
+    for now, old in pairs:
+        lines.append(
+            f"{now.concurrency:>11} | {now.throughput:>8.0f} {old.throughput:>8.0f} "
+            f"{now.throughput / old.throughput:>7.2f} | {now.p50_ms:>8.3f} {old.p50_ms:>8.3f}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> dict[str, list[Figures]]:
+    baseline_commit = requested_commit()
+    comparison: list[tuple[Figures, Figures]] = []
+    baseline_label = ""
     with tempfile.TemporaryDirectory(prefix="moteur-bench-") as data_dir:
         options = StackOptions(data_dir=Path(data_dir), model_server=False, service_env={"MOTEUR_LOG_LEVEL": "WARNING"})
         echo_port = free_port()
@@ -157,6 +213,10 @@ def main() -> dict[str, list[Figures]]:
                 gateway_figures = asyncio.run(_gateway_figures(stack.address("gateway"), key))
                 store = asyncio.run(_store_figures(stack))
                 router = asyncio.run(_router_figures(stack.address("router"), stack.mesh_metadata(BENCH_CALLER)))
+                if baseline_commit is not None:
+                    with BaselineMesh(baseline_commit) as old:
+                        baseline_label = f"{old.commit} ({old.sha[:12]})"
+                        comparison = asyncio.run(_baseline_comparison(stack.address("gateway"), key, old))
         finally:
             echo.terminate()
             echo.wait()
@@ -172,6 +232,10 @@ def main() -> dict[str, list[Figures]]:
         ("the gateway's own work (auth, checks, protobuf), by difference", rest),
     ):
         print(f"  {part:<64} p50 {ms:6.3f} ms ({ms / added:.0%})")
+    if comparison:
+        print(f"gateway Chat, this tree vs commit {baseline_label}, both meshes up, measured in alternating slices:")
+        print(baseline_report(comparison))
+        print("now/old: throughput ratio (issue 18 asks >= 3 at concurrency 8 and 32); p50 in ms")
     return {"bare grpc.aio echo": echo_figures, "gateway Chat (instant model)": gateway_figures}
 
 
