@@ -128,6 +128,25 @@ def _pooled(name: str, concurrency: int, slices: list[SliceResult]) -> Figures:
     return Figures.of(name, concurrency, [x for s in slices for x in s.latencies], sum(s.seconds for s in slices))
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _cpu_per_turn(stack: LocalStack, key: str, concurrency: int = 8) -> tuple[int, dict[str, float]]:
+    """CPU milliseconds each process of the mesh spends per Chat turn under load: on a machine of two shared
+    cores, throughput is bounded by the sum, so this is where the time goes."""
+    pids = {name: process.pid for name, process in stack.processes.items() if process.running() and process.pid}
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        call = _chat_caller(channel, key)
+        before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        latencies, _ = await _drive(call, concurrency, SECONDS_PER_POINT)
+        after = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    turns = len(latencies)
+    return turns, {name: 1000 * (after[name] - before[name]) / turns for name in pids}
+
+
 async def _store_figures(stack: LocalStack) -> Figures:
     """The store's share: a turn's session read and its one bulk write, issued from here at concurrency 1."""
     settings = MongoSettings(mongo_uri=stack.mongo_uri, mongo_db="bench_floor")
@@ -213,6 +232,7 @@ def main() -> dict[str, list[Figures]]:
                 gateway_figures = asyncio.run(_gateway_figures(stack.address("gateway"), key))
                 store = asyncio.run(_store_figures(stack))
                 router = asyncio.run(_router_figures(stack.address("router"), stack.mesh_metadata(BENCH_CALLER)))
+                cpu_turns, cpu = asyncio.run(_cpu_per_turn(stack, key))
                 if baseline_commit is not None:
                     with BaselineMesh(baseline_commit) as old:
                         baseline_label = f"{old.commit} ({old.sha[:12]})"
@@ -232,6 +252,11 @@ def main() -> dict[str, list[Figures]]:
         ("the gateway's own work (auth, checks, protobuf), by difference", rest),
     ):
         print(f"  {part:<64} p50 {ms:6.3f} ms ({ms / added:.0%})")
+    print(f"CPU per Chat turn by process at concurrency 8 ({cpu_turns} turns; the sum bounds throughput on 2 cores):")
+    for name, ms in sorted(cpu.items(), key=lambda item: -item[1]):
+        if ms >= 0.01:
+            print(f"  {name:<16} {ms:6.2f} ms")
+    print(f"  {'all':<16} {sum(cpu.values()):6.2f} ms")
     if comparison:
         print(f"gateway Chat, this tree vs commit {baseline_label}, both meshes up, measured in alternating slices:")
         print(baseline_report(comparison))

@@ -15,8 +15,9 @@ away is still written: its writes are queued already, and nothing acknowledged i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from opentelemetry import trace
 from prometheus_client import Histogram
@@ -78,7 +79,8 @@ class GroupCommit:
                 self._flushing = asyncio.create_task(self._flush(), name="mongo-group-commit")
 
     def _take(self) -> list[_Writer]:
-        batch, count = [], 0
+        batch: list[_Writer] = []
+        count = 0
         while self._waiting and len(batch) < self._max_writers and (
                 not batch or count + len(self._waiting[0].writes) <= self._max_writes):
             writer = self._waiting.pop(0)
@@ -114,7 +116,9 @@ class GroupCommit:
     def _settle_partly(self, batch: list[_Writer], exc: ClientBulkWriteException) -> None:
         """An ordered bulk write stopped at its first failing write: those before it landed, the writer of the
         failing one fails, and the writers after it go back to the front of the queue."""
-        failed_at = min((e["idx"] for e in exc.write_errors or ()), default=None)
+        # Each entry is the server's error document (PyMongo types it as WriteError).
+        errors = cast(list[Mapping[str, Any]], exc.write_errors or [])
+        failed_at = min((int(error["idx"]) for error in errors), default=None)
         if failed_at is None or exc.write_concern_errors:  # not one write's fault: the whole batch fails
             for writer in batch:
                 _fail(writer, exc)
