@@ -25,6 +25,7 @@ import grpc
 
 from bench.baseline import BaselineMesh, SliceResult, requested_commit
 from bench.echo_server import METHOD
+from bench.flames import flame_graphs
 from bench.keys import bench_key
 from bench.stats import Figures
 from moteur.devstack.processes import free_port
@@ -136,13 +137,16 @@ def _cpu_seconds(pid: int) -> float:
 
 async def _cpu_per_turn(stack: LocalStack, key: str, concurrency: int = 8) -> tuple[int, dict[str, float]]:
     """CPU milliseconds each process of the mesh spends per Chat turn under load: on a machine of two shared
-    cores, throughput is bounded by the sum, so this is where the time goes."""
+    cores, throughput is bounded by the sum, so this is where the time goes (with ``BENCH_FLAMES``, py-spy
+    flame graphs of the gateway, the router and the store show inside which functions)."""
     pids = {name: process.pid for name, process in stack.processes.items() if process.running() and process.pid}
     async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
         call = _chat_caller(channel, key)
-        before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
-        latencies, _ = await _drive(call, concurrency, SECONDS_PER_POINT)
-        after = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        profiled = {name: pids[name] for name in ("gateway", "router", "mongo") if name in pids}
+        with flame_graphs("chat_path", profiled, SECONDS_PER_POINT):
+            before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+            latencies, _ = await _drive(call, concurrency, SECONDS_PER_POINT)
+            after = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     turns = len(latencies)
     return turns, {name: 1000 * (after[name] - before[name]) / turns for name in pids}
 

@@ -99,6 +99,7 @@ def _overload_plot(phases: dict[str, list[Outcome]], path: Path) -> None:
 
 def main(out_dir: Path = DEFAULT_DIR) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("BENCH_FLAMES", str(out_dir))  # benchmarks that profile write their flame graphs here
     runs = {name: _run(name, bench) for name, bench in BENCHMARKS.items()}
     plots = []
     latency = {**(runs["chat_path"][1] or {}), **(runs["router"][1] or {})}
@@ -119,6 +120,10 @@ def main(out_dir: Path = DEFAULT_DIR) -> Path:
     ]
     for caption, image in plots:
         lines += [caption, "", f"![{image}]({image})", ""]
+    flames = sorted(out_dir.glob("*.svg"))
+    if flames:
+        lines += ["CPU flame graphs (py-spy) of the mesh's processes under the Chat path's load at concurrency 8:",
+                  "", *(f"- [{svg.stem}]({svg.name})" for svg in flames), ""]
     for name, (printed, _, seconds) in runs.items():
         lines += [f"## {name} ({seconds:.0f} s)", "", "```", printed.rstrip(), "```", ""]
     report = out_dir / "REPORT.md"
