@@ -4,8 +4,7 @@ Retries: the channel's service config retries UNAVAILABLE for the methods listed
 repeat (reads, and deletions: deleting again deletes nothing more). Model calls are not retried on a status
 because the router does its own retries and fallbacks, and a second attempt would double a slow, paid call —
 but a call that could not even connect (the peer is restarting) never reached it, so :func:`reconnecting`
-retries those briefly. Reconnection backoff is
-kept short so a restarted peer is used again within a second.
+retries those briefly. Reconnection backoff is kept short so a restarted peer is used again within a second.
 
 Balancing: a channel spreads its calls over every address its target resolves to (``round_robin``): in a
 cluster the target is ``dns:///<service>-headless:50051``, whose name resolves to every ready pod; servers
@@ -16,8 +15,8 @@ get traffic.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 import grpc
 import structlog
@@ -113,22 +112,14 @@ def reconnecting(budget_seconds: float = 2.0) -> tenacity.AsyncRetrying:
     )
 
 
-Response = TypeVar("Response")
-
-
 async def call_service(
-    method: Callable[..., Awaitable[Response]], request: Any, service: str, identity: Identity, timeout: float
-) -> Response:
+    method: Callable[..., grpc.aio.UnaryUnaryCall], request: Any, service: str, identity: Identity, timeout: float
+) -> Any:
     """A unary call to another service of the mesh for ``identity``; a failure becomes the status to pass
     on to our own caller (see :func:`from_rpc_error`). A peer that cannot be connected to (restarting, or
     the channel still backing off after it came back) is tried again within the call's own time."""
-    try:
-        async for attempt in reconnecting(budget_seconds=min(2.0, timeout)):
-            with attempt:
-                return await method(request, metadata=mesh_metadata(identity), timeout=timeout)
-    except grpc.aio.AioRpcError as exc:
-        raise _passed_on(exc, service) from exc
-    raise AssertionError("unreachable: reconnecting() re-raises its last error")
+    response, _ = await call_service_with_trailers(method, request, service, identity, timeout)
+    return response
 
 
 async def call_service_with_trailers(

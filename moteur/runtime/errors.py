@@ -144,7 +144,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> MoteurError:
     if code is grpc.StatusCode.CANCELLED:
         return RemoteError(code, f"the call to the {service} service was cancelled")
     # from_call reads code(), details() and trailing_metadata(), which AioRpcError has; its stubs say grpc.Call.
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]  # an AioRpcError is a grpc.Call; the stubs say otherwise
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
     details = list(status.details) if status is not None else []
     return RemoteError(code, error.details() or f"the {service} service failed with {code.name}", details)
 

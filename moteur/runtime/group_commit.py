@@ -1,6 +1,6 @@
 """Group commit: the writes of concurrent turns share one MongoDB ``bulkWrite``, and so one journal sync.
 
-A turn's writes (its messages, its session, its usage, its outbox entries) already go in one round trip
+A turn's writes (its messages, its session, its usage, its outbox entries) go in one round trip
 (:func:`moteur.runtime.mongo.write_together`). Under load the store's cost is dominated by the journal sync
 each round trip commits, so while one bulk write is in flight the writes of the turns that arrive behind it
 wait in a queue, and the next bulk write carries all of them: N turns, one sync.
@@ -22,9 +22,9 @@ from typing import Any, cast
 from opentelemetry import trace
 from prometheus_client import Histogram
 from pymongo import AsyncMongoClient
-from pymongo.errors import ClientBulkWriteException, PyMongoError
+from pymongo.errors import ClientBulkWriteException
 
-from moteur.runtime.mongo import ClientWrite
+from moteur.runtime.mongo import ClientWrite, write_together
 
 GROUP_COMMIT_TURNS = Histogram(
     "moteur_store_group_commit_writers", "How many writers (turns) one bulk write carried",
@@ -96,17 +96,17 @@ class GroupCommit:
         with _tracer.start_as_current_span("store.group_commit", attributes={
                 "moteur.writers": len(batch), "moteur.writes": len(writes)}):
             try:
-                await self._client.bulk_write(writes, ordered=True)
+                await write_together(self._client, writes)
             except ClientBulkWriteException as exc:
                 self._settle_partly(batch, exc)
                 return
-            except (PyMongoError, OSError) as exc:  # nothing is known to be written: every writer learns why
+            except Exception as exc:  # nothing is known to be written: every writer learns why
                 for writer in batch:
                     _fail(writer, exc)
                 return
-            except BaseException as exc:  # cancelled (shutdown): no writer may wait for ever
+            except BaseException:  # cancelled (shutdown): no writer may wait for ever
                 for writer in batch:
-                    _fail(writer, exc if isinstance(exc, Exception) else ConnectionAbortedError("shutting down"))
+                    _fail(writer, ConnectionAbortedError("shutting down"))
                 raise
             finally:
                 GROUP_COMMIT_SECONDS.observe(loop.time() - started)

@@ -415,8 +415,7 @@ class Conversation:
             return
         try:
             outbox = self._outbox.writes(session, question) if to_memory else []
-            await self._commit.write([*self._sessions.turn_writes(session, [*question, *loop.unsaved]),
-                                               *outbox])
+            await self._commit.write([*self._sessions.turn_writes(session, [*question, *loop.unsaved]), *outbox])
             self._outbox.written()
         except Exception:
             log.exception("chat.question_not_persisted", session_id=session.id, message_id=loop.question.id)
