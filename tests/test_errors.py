@@ -8,7 +8,6 @@ import grpc
 import pymongo.errors
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from pymongo import InsertOne
 
 from moteur.runtime.errors import (
     InvalidArgument,
@@ -19,7 +18,7 @@ from moteur.runtime.errors import (
     to_grpc_status,
 )
 from moteur.runtime.interceptors import translate_exception
-from moteur.runtime.mongo import connect_mongo, write_together
+from moteur.runtime.mongo import Insert, connect_mongo, write_together
 from moteur.runtime.settings import MongoSettings
 
 
@@ -84,7 +83,7 @@ async def test_a_connection_lost_in_a_multi_collection_write_is_unavailable(stac
     client = connect_mongo(MongoSettings(mongo_uri=f"mongodb://127.0.0.1:{relay_port}/?directConnection=true"))
     try:
         with pytest.raises(pymongo.errors.PyMongoError) as lost:
-            await write_together(client, [InsertOne(namespace="moteur.relay_test", document={"x": 1})])
+            await write_together(client, [Insert("moteur.relay_test", {"_id": 1, "x": 1})])
         error = translate_exception(lost.value)
         assert isinstance(error, Unavailable) and "MongoDB" in error.message
     finally:

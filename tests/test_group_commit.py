@@ -1,22 +1,24 @@
-"""Group commit (moteur.runtime.group_commit) against a lone SecantusDB: concurrent writers share bulk writes,
-each writer learns its own outcome, and a writer whose caller went away is written all the same."""
+"""Group commit (moteur.runtime.group_commit) against a lone SecantusDB: concurrent writers share commands,
+each writer learns its own outcome, an insert already there counts as written, and a writer whose caller went
+away is written all the same. Both ways of sending are covered: one ``bulkWrite`` (one or two writers) and a
+command per collection (three or more)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient, InsertOne
-from pymongo.errors import ClientBulkWriteException
+from pymongo import AsyncMongoClient, monitoring
+from pymongo.errors import ClientBulkWriteException, WriteError
 
-from moteur.runtime.group_commit import GroupCommit
+from moteur.runtime.group_commit import STAGED_FROM, GroupCommit
 from moteur.runtime.ids import new_id
-from moteur.runtime.mongo import connect_mongo, insert_once
-from moteur.runtime.settings import MongoSettings
+from moteur.runtime.mongo import Insert, StoreWrite, Update
 from tests.stores import lone_secantusdb
+
+WRITES = {"insert", "update", "bulkWrite"}
 
 
 @pytest.fixture(scope="module")
@@ -25,70 +27,153 @@ def store_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield store.uri
 
 
-class CountingClient:
-    """The real client, counting its bulk writes."""
+class Commands(monitoring.CommandListener):
+    """The write commands the client sent, by name."""
 
-    def __init__(self, client: AsyncMongoClient) -> None:
-        self.client = client
-        self.bulk_writes: list[int] = []
+    def __init__(self) -> None:
+        self.sent: list[str] = []
 
-    async def bulk_write(self, writes: list[Any], ordered: bool) -> Any:
-        self.bulk_writes.append(len(writes))
-        return await self.client.bulk_write(writes, ordered=ordered)
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name in WRITES:
+            self.sent.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
 
 
 @pytest.fixture
-async def client(store_uri: str) -> AsyncIterator[CountingClient]:
-    mongo = connect_mongo(MongoSettings(mongo_uri=store_uri))
-    yield CountingClient(mongo)
-    await mongo.close()
+async def commands(store_uri: str) -> AsyncIterator[tuple[AsyncMongoClient, Commands]]:
+    listener = Commands()
+    client: AsyncMongoClient = AsyncMongoClient(store_uri, event_listeners=[listener])
+    yield client, listener
+    await client.close()
 
 
-def _turn(namespace: str, turn: int) -> list[Any]:
-    return [insert_once({"_id": f"{turn}-{part}", "turn": turn}, namespace) for part in range(3)]
+@pytest.fixture
+def db() -> str:
+    return f"gc_{new_id().lower()}"
 
 
-async def test_concurrent_writers_share_bulk_writes_and_all_land(client: CountingClient) -> None:
-    namespace = f"gc_{new_id().lower()}.messages"
-    commit = GroupCommit(client)  # type: ignore[arg-type]  # the counting wrapper stands in for the client
-    await asyncio.gather(*(commit.write(_turn(namespace, turn)) for turn in range(40)))
-    database, collection = namespace.split(".")
-    assert await client.client[database][collection].count_documents({}) == 120
-    assert sum(client.bulk_writes) == 120
-    assert len(client.bulk_writes) < 40  # turns that came together went together
+def _turn(db: str, turn: int) -> list[StoreWrite]:
+    """A turn's shape: two messages, its session (a new one on even turns), a usage record."""
+    session: StoreWrite = (Insert(f"{db}.sessions", {"_id": f"s{turn}", "n": 1}) if turn % 2 == 0 else
+                           Update(f"{db}.sessions", {"_id": "shared", "last": {"$ne": turn}},
+                                  {"$inc": {"n": 1}, "$set": {"last": turn}}))
+    return [Insert(f"{db}.messages", {"_id": f"{turn}-q", "turn": turn}),
+            Insert(f"{db}.messages", {"_id": f"{turn}-a", "turn": turn}),
+            session,
+            Insert(f"{db}.usage", {"_id": f"{turn}-u", "turn": turn})]
 
 
-async def test_a_failing_writer_fails_alone_and_the_writers_behind_it_are_sent_again(client: CountingClient) -> None:
-    namespace = f"gc_{new_id().lower()}.messages"
-    database, collection = namespace.split(".")
-    await client.client[database][collection].insert_one({"_id": "taken"})
-    commit = GroupCommit(client)  # type: ignore[arg-type]
-    before, after = _turn(namespace, 1), _turn(namespace, 3)
-    failing = [insert_once({"_id": "2-0"}, namespace), InsertOne({"_id": "taken"}, namespace=namespace),
-               insert_once({"_id": "2-2"}, namespace)]
-    # The four arrive together and go in one bulk write, which stops at the taken id.
-    outcomes = await asyncio.gather(commit.write(_turn(namespace, 0)), commit.write(before), commit.write(failing),
-                                    commit.write(after), return_exceptions=True)
-    assert outcomes[0] is None and outcomes[1] is None and outcomes[3] is None
-    assert isinstance(outcomes[2], ClientBulkWriteException)
-    ids = {d["_id"] async for d in client.client[database][collection].find({}, {"_id": 1})}
-    assert ids == {"taken", "0-0", "0-1", "0-2", "1-0", "1-1", "1-2", "2-0", "3-0", "3-1", "3-2"}
-    assert client.bulk_writes == [12, 3]  # the writer after the failing one was sent again, alone
+async def _ids(client: AsyncMongoClient, db: str, collection: str) -> set[str]:
+    return {d["_id"] async for d in client[db][collection].find({}, {"_id": 1})}
 
 
-async def test_a_writer_whose_caller_went_away_is_written(client: CountingClient) -> None:
-    namespace = f"gc_{new_id().lower()}.messages"
-    database, collection = namespace.split(".")
-    commit = GroupCommit(client)  # type: ignore[arg-type]
-    first = asyncio.create_task(commit.write(_turn(namespace, 0)))
-    gone = asyncio.create_task(commit.write(_turn(namespace, 1)))
+async def test_concurrent_writers_share_commands_and_all_land(
+        commands: tuple[AsyncMongoClient, Commands], db: str) -> None:
+    client, listener = commands
+    await client[db]["sessions"].insert_one({"_id": "shared", "n": 0})
+    listener.sent.clear()
+    commit = GroupCommit(client)
+    await asyncio.gather(*(commit.write(_turn(db, turn)) for turn in range(40)))
+    assert len(await _ids(client, db, "messages")) == 80
+    assert len(await _ids(client, db, "usage")) == 40
+    assert (await client[db]["sessions"].find_one({"_id": "shared"}) or {})["n"] == 20  # each odd turn once
+    assert len(await _ids(client, db, "sessions")) == 21
+    # Turns that came together went together: a command per stage (messages, session updates, new sessions,
+    # usage), not one per turn.
+    assert listener.sent == ["insert", "update", "insert", "insert"]
+
+
+async def test_a_failing_write_fails_its_writer_alone_in_staged_commands(
+        commands: tuple[AsyncMongoClient, Commands], db: str) -> None:
+    client, listener = commands
+    # A validator the failing turn's usage record breaks: a write error that is not a duplicate key.
+    await client[db].create_collection("usage", validator={"turn": {"$type": "int"}})
+    listener.sent.clear()
+    commit = GroupCommit(client)
+    blocker = asyncio.create_task(commit.write([Insert(f"{db}.other", {"_id": "first"})]))
+    await asyncio.sleep(0)  # the first write is in flight: the next ones queue behind it and go together
+    failing = [Insert(f"{db}.messages", {"_id": "2-q"}), Insert(f"{db}.usage", {"_id": "2-u", "turn": "two"}),
+               Insert(f"{db}.outbox", {"_id": "2-o"})]
+    writers = [[Insert(f"{db}.messages", {"_id": f"{t}-q"}), Insert(f"{db}.usage", {"_id": f"{t}-u", "turn": t}),
+                Insert(f"{db}.outbox", {"_id": f"{t}-o"})] for t in (1, 3, 4)]
+    outcomes = await asyncio.gather(commit.write(writers[0]), commit.write(failing), commit.write(writers[1]),
+                                    commit.write(writers[2]), return_exceptions=True)
+    await blocker
+    assert len(writers) + 1 >= STAGED_FROM
+    assert [type(o) for o in outcomes] == [type(None), WriteError, type(None), type(None)]
+    assert await _ids(client, db, "messages") == {"1-q", "2-q", "3-q", "4-q"}
+    assert await _ids(client, db, "usage") == {"1-u", "3-u", "4-u"}
+    assert await _ids(client, db, "outbox") == {"1-o", "3-o", "4-o"}  # the failed turn's later write not sent
+    assert listener.sent.count("bulkWrite") == 1  # the blocker alone; the four together, staged
+
+
+async def test_a_failing_writer_fails_alone_in_a_bulk_write_and_the_one_behind_it_is_sent_again(
+        commands: tuple[AsyncMongoClient, Commands], db: str) -> None:
+    client, listener = commands
+    await client[db].create_collection("usage", validator={"turn": {"$type": "int"}})
+    listener.sent.clear()
+    commit = GroupCommit(client)
+    blocker = asyncio.create_task(commit.write([Insert(f"{db}.other", {"_id": "first"})]))
+    await asyncio.sleep(0)
+    failing = [Insert(f"{db}.messages", {"_id": "1-q"}), Insert(f"{db}.usage", {"_id": "1-u", "turn": "one"}),
+               Insert(f"{db}.outbox", {"_id": "1-o"})]
+    after = [Insert(f"{db}.messages", {"_id": "2-q"}), Insert(f"{db}.usage", {"_id": "2-u", "turn": 2})]
+    outcomes = await asyncio.gather(commit.write(failing), commit.write(after), return_exceptions=True)
+    await blocker
+    assert isinstance(outcomes[0], ClientBulkWriteException) and outcomes[1] is None
+    assert await _ids(client, db, "messages") == {"1-q", "2-q"}
+    assert await _ids(client, db, "usage") == {"2-u"}
+    assert await _ids(client, db, "outbox") == set()
+    assert listener.sent == ["bulkWrite", "bulkWrite", "bulkWrite"]  # blocker; both, stopped; the one behind
+
+
+@pytest.mark.parametrize("writers", [1, STAGED_FROM])
+async def test_an_insert_already_there_counts_as_written_and_the_writes_after_it_land(
+        commands: tuple[AsyncMongoClient, Commands], db: str, writers: int) -> None:
+    """What a write sent again looks like (its first acknowledgement lost): its inserts are there already."""
+    client, _ = commands
+    turns = [[Insert(f"{db}.messages", {"_id": f"{t}-q"}), Insert(f"{db}.usage", {"_id": f"{t}-u", "turn": t})]
+             for t in range(writers)]
+    await client[db]["messages"].insert_many([{"_id": f"{t}-q"} for t in range(writers)])
+    commit = GroupCommit(client)
+    await asyncio.gather(*(commit.write(turn) for turn in turns))
+    assert await _ids(client, db, "usage") == {f"{t}-u" for t in range(writers)}
+
+
+async def test_a_writer_whose_stages_come_back_goes_alone(
+        commands: tuple[AsyncMongoClient, Commands], db: str) -> None:
+    client, listener = commands
+    commit = GroupCommit(client)
+    blocker = asyncio.create_task(commit.write([Insert(f"{db}.other", {"_id": "first"})]))
+    await asyncio.sleep(0)
+    back_and_forth = [Insert(f"{db}.messages", {"_id": "x-1"}), Insert(f"{db}.usage", {"_id": "x-u", "turn": 0}),
+                      Insert(f"{db}.messages", {"_id": "x-2"})]
+    await asyncio.gather(*(commit.write(_turn(db, t)) for t in (0, 2, 4)), commit.write(back_and_forth),
+                         *(commit.write(_turn(db, t)) for t in (6, 8, 10)))
+    await blocker
+    assert await _ids(client, db, "messages") >= {"x-1", "x-2", "0-q", "10-a"}
+    # blocker; three turns staged (messages, sessions, usage); the odd one alone; the last three staged
+    assert listener.sent == ["bulkWrite", "insert", "insert", "insert", "bulkWrite", "insert", "insert", "insert"]
+
+
+async def test_a_writer_whose_caller_went_away_is_written(
+        commands: tuple[AsyncMongoClient, Commands], db: str) -> None:
+    client, _ = commands
+    commit = GroupCommit(client)
+    first = asyncio.create_task(commit.write(_turn(db, 0)))
+    gone = asyncio.create_task(commit.write(_turn(db, 2)))
     await asyncio.sleep(0)  # both queued
     gone.cancel()
     await first
     with pytest.raises(asyncio.CancelledError):
         await gone
-    for _ in range(100):  # the second bulk write is on its way
-        if await client.client[database][collection].count_documents({"turn": 1}) == 3:
+    for _ in range(100):  # the second batch is on its way
+        if await client[db]["messages"].count_documents({"turn": 2}) == 2:
             break
         await asyncio.sleep(0.02)
-    assert await client.client[database][collection].count_documents({"turn": 1}) == 3
+    assert await client[db]["messages"].count_documents({"turn": 2}) == 2

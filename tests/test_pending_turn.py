@@ -12,6 +12,7 @@ from typing import Any
 from moteur.gateway.sessions import Session, SessionStore, new_message
 from moteur.gateway.tooling import ClientTool
 from moteur.gateway.turns import PendingTurn, TurnInput, TurnSettings
+from moteur.runtime.mongo import Insert, Update
 from moteur.v1 import common_pb2
 
 LOOKUP = ClientTool("crm_lookup", "Look a customer up in the CRM",
@@ -110,11 +111,12 @@ def _store() -> SessionStore:
 def test_the_turn_writes_store_the_pending_turn_as_its_document() -> None:
     store, pending = _store(), _pending()
     new = SessionStore.new("acme", "ada")
-    write = store.turn_writes(new, [pending.question], pending)[-1]
-    assert write._doc["$setOnInsert"]["pending"] == pending.to_doc()
+    created = store.turn_writes(new, [pending.question], pending)[-1]
+    assert isinstance(created, Insert) and created.document["pending"] == pending.to_doc()
 
     stored = Session.from_doc(_session_doc(copy.deepcopy(STORED)))
-    write = store.turn_writes(stored, [new_message("assistant", "asking")], pending)[-1]
-    assert write._doc["$set"]["pending"] == pending.to_doc() and "$unset" not in write._doc
-    write = store.turn_writes(stored, [new_message("assistant", "done")])[-1]
-    assert write._doc["$unset"] == {"pending": ""}
+    asking = store.turn_writes(stored, [new_message("assistant", "asking")], pending)[-1]
+    assert isinstance(asking, Update)
+    assert asking.update["$set"]["pending"] == pending.to_doc() and "$unset" not in asking.update
+    done = store.turn_writes(stored, [new_message("assistant", "done")])[-1]
+    assert isinstance(done, Update) and done.update["$unset"] == {"pending": ""}

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from moteur.runtime.errors import Aborted, FailedPrecondition
+from moteur.runtime.mongo import Update
 
 CLAIM_LEASE_SECONDS = 600
 RETENTION_SECONDS = 24 * 3600
@@ -71,12 +71,10 @@ class IdempotencyStore:
                 return None
         raise Aborted(f"a request with idempotency key {key!r} is still in progress; retry when it has finished")
 
-    def complete_write(self, tenant: str, key: str, answer: dict[str, Any]) -> UpdateOne:
+    def complete_write(self, tenant: str, key: str, answer: dict[str, Any]) -> Update:
         """The write that records the answer, sent with the turn's messages so both land together."""
-        return UpdateOne(
-            {"_id": f"{tenant}\x1f{key}"}, {"$set": {"state": "done", "answer": answer}},
-            namespace=self._records.full_name,
-        )
+        return Update(self._records.full_name, {"_id": f"{tenant}\x1f{key}"},
+                      {"$set": {"state": "done", "answer": answer}})
 
     async def release(self, tenant: str, key: str) -> None:
         await self._records.delete_one({"_id": f"{tenant}\x1f{key}", "state": "pending"})

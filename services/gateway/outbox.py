@@ -34,7 +34,6 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
-from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from moteur.gateway.metrics import OUTBOX_BACKLOG, OUTBOX_DEAD_LETTERS, OUTBOX_DELIVERED, OUTBOX_FAILURES
@@ -45,7 +44,7 @@ from moteur.runtime.identity import SCOPE_MEMORY_WRITE, SCOPE_MODELS, Identity
 from moteur.runtime.ids import new_id
 from moteur.runtime.memory_limits import MAX_REPLY_CHARS, MAX_TEXT_CHARS
 from moteur.runtime.mesh_tokens import MeshTokenIssuer
-from moteur.runtime.mongo import insert_new, insert_once
+from moteur.runtime.mongo import Insert, insert_new
 from moteur.runtime.tasks import cancel_and_wait
 from moteur.v1 import memory_pb2, memory_pb2_grpc
 
@@ -91,7 +90,7 @@ class MemoryOutbox:
         await self._dead.create_index("dead_at", expireAfterSeconds=DEAD_LETTER_SECONDS)
         await self._dead.create_index([("tenant", 1), ("user", 1)])
 
-    def writes(self, session: Session, messages: Sequence[StoredMessage], extract: bool = False) -> list[UpdateOne]:
+    def writes(self, session: Session, messages: Sequence[StoredMessage], extract: bool = False) -> list[Insert]:
         """Outbox entries for ``messages``, to send in the same bulk write as the messages. With ``extract``,
         the user's message is also read for facts (with the answer that followed it, when there is one)."""
         entries = []
@@ -103,7 +102,7 @@ class MemoryOutbox:
             if extract and m.role == "user" and session.user:
                 reply = messages[index + 1].content if index + 1 < len(messages) else ""
                 entry |= {"extract": True, "reply": reply}
-            entries.append(insert_once(entry, self._entries.full_name))
+            entries.append(Insert(self._entries.full_name, entry))
         return entries
 
     async def forget_session(self, tenant: str, session_id: str) -> None:

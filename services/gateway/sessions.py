@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from pymongo import DESCENDING, UpdateOne
+from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from moteur.runtime.errors import InvalidArgument, NotFound
 from moteur.runtime.ids import is_valid_id, new_id
-from moteur.runtime.mongo import insert_new, insert_once
+from moteur.runtime.mongo import Insert, StoreWrite, Update, insert_new
 
 if TYPE_CHECKING:
     from moteur.gateway.turns import PendingTurn
@@ -156,13 +156,13 @@ class SessionStore:
 
     def turn_writes(
         self, session: Session, messages: Sequence[StoredMessage], pending: PendingTurn | None = None
-    ) -> list[UpdateOne]:
+    ) -> list[StoreWrite]:
         """The writes that persist ``messages`` in ``session`` (and the session itself when new), and set
         the session's pending turn to ``pending`` (None: no turn waits any more)."""
         docs = [m.to_doc() for m in messages]
-        writes: list[UpdateOne] = [
-            insert_once({**d, "tenant": session.tenant, "session_id": session.id, "user": session.user},
-                        self._messages.full_name)
+        writes: list[StoreWrite] = [
+            Insert(self._messages.full_name, {**d, "tenant": session.tenant, "session_id": session.id,
+                                              "user": session.user})
             for d in docs
         ]
         if not session.stored:
@@ -171,7 +171,7 @@ class SessionStore:
             doc = session.to_doc()
             if pending is not None:
                 doc["pending"] = pending.to_doc()
-            writes.append(insert_once(doc, self._sessions.full_name))
+            writes.append(Insert(self._sessions.full_name, doc))
             return writes
         update: dict[str, Any] = {
             "$push": {"recent": {"$each": docs, "$slice": -RECENT_MESSAGES}},
@@ -183,8 +183,9 @@ class SessionStore:
         elif session.pending is not None:
             update["$unset"] = {"pending": ""}
         # Applied once: a second sending of the same turn finds its last message in the window already.
-        writes.append(UpdateOne({"_id": session.id, "tenant": session.tenant, "recent._id": {"$ne": docs[-1]["_id"]}},
-                                update, namespace=self._sessions.full_name))
+        writes.append(Update(self._sessions.full_name,
+                             {"_id": session.id, "tenant": session.tenant, "recent._id": {"$ne": docs[-1]["_id"]}},
+                             update))
         return writes
 
     async def claim_pending(self, scope: Scope, session_id: str, pending_id: str, lease_seconds: float) -> bool:

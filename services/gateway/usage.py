@@ -6,13 +6,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from moteur.gateway.limits import LimitScope
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import new_id
-from moteur.runtime.mongo import insert_once
+from moteur.runtime.mongo import Insert
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +64,11 @@ class UsageLedger:
         rows = await (await self._usage.aggregate(pipeline)).to_list()
         return TokenUsage.from_dict(rows[0]) if rows else TokenUsage()
 
-    def record_write(self, identity: Identity, user: str, session_id: str, model: str, usage: TokenUsage) -> UpdateOne:
+    def record_write(self, identity: Identity, user: str, session_id: str, model: str, usage: TokenUsage) -> Insert:
         """The write that records one turn's usage, sent with the turn's messages."""
-        return insert_once(
-            {"_id": new_id(), "tenant": identity.tenant, "key_id": identity.key_id, "user": user,
-             "session_id": session_id, "model": model, **usage.as_dict(), "created_at": datetime.now(UTC)},
-            self._usage.full_name,
-        )
+        return Insert(self._usage.full_name, {
+            "_id": new_id(), "tenant": identity.tenant, "key_id": identity.key_id, "user": user,
+            "session_id": session_id, "model": model, **usage.as_dict(), "created_at": datetime.now(UTC)})
 
 
 _SCOPE_FIELDS = {"key": "key_id", "user": "user"}
