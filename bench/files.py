@@ -5,6 +5,9 @@
    and 100,000 rows into CSV and XLSX.
 2. ``GetFile`` streaming a 50 MiB file over gRPC from the files service of a local stack, against reading
    the same file from disk in 64 KiB chunks in-process.
+
+With ``BENCH_FLAMES``, py-spy flame graphs of each part: this process while it renders, and the files service
+while it streams.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import grpc
 import pypdf
 
+from bench.flames import THIS_PROCESS, flame_graphs, stack_pids
 from moteur.devstack.stack import LocalStack, StackOptions
 from moteur.files.formats import BY_NAME
 from moteur.files.service import CHUNK_BYTES, RenderInput, produce
@@ -109,17 +113,19 @@ async def _streaming(stack: LocalStack) -> tuple[float, float]:
     async with grpc.aio.insecure_channel(stack.address("files")) as channel:
         files = files_pb2_grpc.FilesStub(channel)
         best = float("inf")
-        for _ in range(3):
-            started, total = time.perf_counter(), 0
-            async for chunk in files.GetFile(files_pb2.GetFileRequest(file_id=record.id), metadata=metadata):
-                total += len(chunk.data)
-            assert total == len(content)
-            best = min(best, time.perf_counter() - started)
+        with flame_graphs("files", stack_pids(stack, "files")):
+            for _ in range(3):
+                started, total = time.perf_counter(), 0
+                async for chunk in files.GetFile(files_pb2.GetFileRequest(file_id=record.id), metadata=metadata):
+                    total += len(chunk.data)
+                assert total == len(content)
+                best = min(best, time.perf_counter() - started)
     return disk, best
 
 
 def main() -> None:
-    render_times()
+    with flame_graphs("files", {THIS_PROCESS: os.getpid()}):
+        render_times()
     with tempfile.TemporaryDirectory(prefix="moteur-bench-") as data_dir:
         options = StackOptions(data_dir=Path(data_dir), model_server=False, service_env={"MOTEUR_LOG_LEVEL": "WARNING"})
         with LocalStack(options) as stack:

@@ -6,7 +6,8 @@
    uploads pathological templates (loops, a huge power, a memory hog, a recursive macro) from four loops at
    once. Prints B's p50/p99 both times and the ratio of the p99s (target: at most 2x), what A got back, and
    the peak resident memory of the files service process (RSS) and of its process tree (PSS of the service,
-   the fork server and the workers) against the memory the workers may map.
+   the fork server and the workers) against the memory the workers may map. With ``BENCH_FLAMES``, a py-spy
+   flame graph of the files service, its fork server and its workers (one graph) while under attack.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.flames import flame_graphs
 from bench.stats import Figures
 from moteur.devstack.stack import LocalStack, StackOptions
 from moteur.files.formats import BY_NAME
@@ -165,7 +167,8 @@ async def isolation(stack: LocalStack) -> None:
             alone, alone_failed = await _renders(files, victim)
             alone_seconds = time.perf_counter() - started
         stop, outcomes, slowest = asyncio.Event(), Counter[str](), [0.0]
-        with _PeakRss(pid) as attacked_rss:
+        # Renders run in the workers, so they are recorded too (children of the service's fork server).
+        with _PeakRss(pid) as attacked_rss, flame_graphs("files_isolation", {"files": pid}, subprocesses=True):
             attackers = [asyncio.ensure_future(_attack(files, attacker, PATHOLOGICAL[i % len(PATHOLOGICAL)], stop,
                                                        outcomes, slowest)) for i in range(ATTACK_LOOPS)]
             await asyncio.sleep(1.0)  # the attack is under way before B starts

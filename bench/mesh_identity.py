@@ -6,18 +6,21 @@ behind moteur's server interceptor without the mesh guard (logs, metrics, spans,
 service already paid); with the guard and one token reused (as a turn forwards its token to several calls:
 the verification is cached); and with the guard and a new token per call (signed by the caller, verified
 uncached). The figures that matter are the differences and ratios of the same run; the sign and verify costs
-alone are timed in a loop.
+alone are timed in a loop. With ``BENCH_FLAMES``, a py-spy flame graph of this process (the four servers and
+their caller) during the rounds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.flames import THIS_PROCESS, flame_graphs
 from bench.stats import Figures
 from moteur.runtime.identity import SCOPE_TOOLS, Identity
 from moteur.runtime.interceptors import MeshGuard, ObservabilityInterceptor
@@ -76,14 +79,15 @@ async def _measure() -> tuple[dict[str, Figures], dict[str, float]]:
             calls[name] = lambda stub=stub, name=name: stub.ListTools(
                 tools_pb2.ListToolsRequest(), metadata=metadata[name](), timeout=5)
             await calls[name]()  # connected and warm
-        for _ in range(ROUNDS):
-            for name, call in calls.items():
-                round_started = time.perf_counter()
-                for _ in range(CALLS_PER_ROUND):
-                    started = time.perf_counter()
-                    await call()
-                    latencies[name].append(time.perf_counter() - started)
-                elapsed[name] += time.perf_counter() - round_started
+        with flame_graphs("mesh_identity", {THIS_PROCESS: os.getpid()}):
+            for _ in range(ROUNDS):
+                for name, call in calls.items():
+                    round_started = time.perf_counter()
+                    for _ in range(CALLS_PER_ROUND):
+                        started = time.perf_counter()
+                        await call()
+                        latencies[name].append(time.perf_counter() - started)
+                    elapsed[name] += time.perf_counter() - round_started
     finally:
         for channel in channels.values():
             await channel.close()

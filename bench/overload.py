@@ -9,6 +9,7 @@ a setup that could not tell a fair queue from an unfair one.) Two phases of the 
   loaded:   the same, next to a noisy tenant sending 400 normal turns/s (10x capacity).
 Targets (issue 4): critical p99 loaded <= 2x unloaded; the quiet tenant keeps >= 90 % of its throughput;
 every accepted request ends with an answer or a clear status; shed answers in <= 5 ms.
+With ``BENCH_FLAMES``, py-spy flame graphs of the gateway, the router and the store during the loaded phase.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.flames import flame_graphs, stack_pids
 from bench.keys import bench_key
 from moteur.devstack.stack import LocalStack, StackOptions
 from moteur.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -118,7 +120,8 @@ def main() -> dict[str, list[Outcome]]:
             keys = {t: asyncio.run(bench_key(stack, t, "u")) for t in ("quiet", "ops", "noisy")}
             asyncio.run(_offer(stack.address("gateway"), keys, [quiet, ops], 2.0))  # warm-up: connections, caches
             unloaded = asyncio.run(_offer(stack.address("gateway"), keys, [quiet, ops], PHASE_SECONDS))
-            loaded = asyncio.run(_offer(stack.address("gateway"), keys, [quiet, ops, noisy], PHASE_SECONDS))
+            with flame_graphs("overload", stack_pids(stack, "gateway", "router", "mongo")):
+                loaded = asyncio.run(_offer(stack.address("gateway"), keys, [quiet, ops, noisy], PHASE_SECONDS))
             server_side = _shed_handling(stack.ports["gateway-metrics"])
 
     def served(outcomes: list[Outcome], tenant: str) -> list[float]:

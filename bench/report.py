@@ -1,7 +1,8 @@
 """Every benchmark in one run, written up: ``python -m bench report [DIR]`` runs the suite and writes
 DIR/REPORT.md (default bench/report/) with each benchmark's printed figures and plots (matplotlib) of
-latency against concurrency and of the queue's behaviour under overload. Figures of one run on one
-machine: compare the ratios inside the report, not absolute numbers across machines."""
+latency against concurrency and of the queue's behaviour under overload, and links each benchmark's py-spy
+flame graphs (bench/flames.py). Figures of one run on one machine: compare the ratios inside the report, not
+absolute numbers across machines."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import matplotlib
@@ -23,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a build machine
 import matplotlib.pyplot as plt
 
+from bench.flames import flames_dir
 from bench.overload import Outcome
 from bench.stats import Figures
 from bench.suite import BENCHMARKS
@@ -42,13 +44,24 @@ class _Tee(io.TextIOBase):
         return len(text)
 
 
-def _run(name: str, bench: Callable[[], Any]) -> tuple[str, Any, float]:
+class Run(NamedTuple):
+    printed: str
+    result: Any
+    seconds: float
+    flames: list[Path]  # the SVGs the benchmark wrote in this run
+
+
+def _run(name: str, bench: Callable[[], Any]) -> Run:
     printed = io.StringIO()
-    started = time.perf_counter()
+    began, started = time.time(), time.perf_counter()
     with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
         print(f"== {name}")
         result = bench()
-    return printed.getvalue(), result, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    directory = flames_dir()
+    # By name and time: a file left in the directory by an earlier run, or by another benchmark, is not this one's.
+    flames = sorted(svg for svg in directory.glob(f"{name}-*.svg") if svg.stat().st_mtime >= began) if directory else []
+    return Run(printed.getvalue(), result, seconds, flames)
 
 
 def _latency_plot(series: dict[str, list[Figures]], title: str, path: Path) -> None:
@@ -102,13 +115,13 @@ def main(out_dir: Path = DEFAULT_DIR) -> Path:
     os.environ.setdefault("BENCH_FLAMES", str(out_dir))  # benchmarks that profile write their flame graphs here
     runs = {name: _run(name, bench) for name, bench in BENCHMARKS.items()}
     plots = []
-    latency = {**(runs["chat_path"][1] or {}), **(runs["router"][1] or {})}
+    latency = {**(runs["chat_path"].result or {}), **(runs["router"].result or {})}
     if latency:
         _latency_plot(latency, "latency vs concurrency", out_dir / "latency.png")
         plots.append(("Latency against concurrency: the gateway's Chat path against a bare grpc.aio echo, and "
                       "the router against calling the endpoint directly.", "latency.png"))
-    if runs["overload"][1]:
-        _overload_plot(runs["overload"][1], out_dir / "overload.png")
+    if runs["overload"].result:
+        _overload_plot(runs["overload"].result, out_dir / "overload.png")
         plots.append(("The queue under 10x overload: answered turns per tenant (quiet and critical keep their "
                       "latency), and how the noisy tenant's excess is shed.", "overload.png"))
     lines = [
@@ -120,12 +133,12 @@ def main(out_dir: Path = DEFAULT_DIR) -> Path:
     ]
     for caption, image in plots:
         lines += [caption, "", f"![{image}]({image})", ""]
-    flames = sorted(out_dir.glob("*.svg"))
-    if flames:
-        lines += ["CPU flame graphs (py-spy) of the mesh's processes under the Chat path's load at concurrency 8:",
-                  "", *(f"- [{svg.stem}]({svg.name})" for svg in flames), ""]
-    for name, (printed, _, seconds) in runs.items():
-        lines += [f"## {name} ({seconds:.0f} s)", "", "```", printed.rstrip(), "```", ""]
+    for name, run in runs.items():
+        lines += [f"## {name} ({run.seconds:.0f} s)", "", "```", run.printed.rstrip(), "```", ""]
+        if run.flames:  # the slice recorded is described where the benchmark calls flame_graphs
+            links = ", ".join(f"[{svg.stem.removeprefix(f'{name}-')}]({os.path.relpath(svg, out_dir)})"
+                              for svg in run.flames)
+            lines += [f"CPU flame graphs (py-spy) of the processes under its main load: {links}", ""]
     report = out_dir / "REPORT.md"
     report.write_text("\n".join(lines))
     print(f"report: {report}")

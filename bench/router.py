@@ -13,7 +13,8 @@ cosine to the nearest example, as passages) for comparison.
 The endpoint is the fault server (moteur.devstack.faults) in its own process, answering at once, so
 that the figures are the router's own cost and not a model's. The paths run in alternating rounds
 (echo, direct, bare front, routed, echo, …) so that a machine that slows down during the run slows all alike: the
-differences are what matter.
+differences are what matter. With ``BENCH_FLAMES``, py-spy flame graphs of the router and of the bare front at
+the highest concurrency (the slices of the other paths leave both idle, which py-spy leaves out).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.chat_path import _drive
 from bench.echo_server import METHOD
+from bench.flames import flame_graphs
 from bench.stats import Figures
 from moteur.devstack.processes import ManagedProcess, free_port, port_open
 from moteur.memory.embeddings import E5Embeddings
@@ -301,9 +303,12 @@ def main() -> dict[str, list[Figures]]:
             assert faults.stdout is not None and faults.stdout.readline().startswith(b"ready")
             assert all(f.stdout is not None and f.stdout.readline().strip() == b"ready" for f in floors)
             router.start()
+            assert router.pid is not None
+            flamed = {"router": router.pid, "front": floors[1].pid}
             for concurrency in CONCURRENCY:
                 before = _router_seconds(metrics_port)
-                points.append(_interleaved(addresses, concurrency))
+                with flame_graphs("router", flamed if concurrency == max(CONCURRENCY) else {}):
+                    points.append(_interleaved(addresses, concurrency))
                 if concurrency == 1:
                     after = _router_seconds(metrics_port)
                     inside = {k: (after[k][0] - before[k][0]) / (after[k][1] - before[k][1]) * 1000 for k in after}

@@ -6,7 +6,8 @@
    model asks for the tool, the gateway invokes it, persists the round, asks the model again) against a
    turn of the same model that calls no tool. The difference is one round: a second model call, one
    Invoke and one more write.
-All in one run on the same machine: the differences and ratios are what matter.
+All in one run on the same machine: the differences and ratios are what matter. With ``BENCH_FLAMES``, py-spy
+flame graphs of the gateway, the router, the tools service and the store during the turns with a tool round.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from bench.chat_path import _drive
+from bench.flames import flame_graphs, stack_pids
 from bench.keys import bench_key
 from bench.stats import Figures
 from moteur.devstack.stack import LocalStack, StackOptions
@@ -64,7 +66,7 @@ async def _over_grpc(address: str, metadata: list[tuple[str, str]]) -> Figures:
         return Figures.of("Invoke", 1, *await _drive(call, 1, SECONDS_PER_POINT))
 
 
-async def _turns(address: str, key: str) -> tuple[Figures, Figures]:
+async def _turns(address: str, key: str, profiled: dict[str, int]) -> tuple[Figures, Figures]:
     metadata = [("authorization", f"Bearer {key}")]
     async with grpc.aio.insecure_channel(address) as channel:
         gateway = gateway_pb2_grpc.GatewayStub(channel)
@@ -79,8 +81,9 @@ async def _turns(address: str, key: str) -> tuple[Figures, Figures]:
         plain, looped = turn(PLAIN, "0"), turn(WITH_TOOL, "1")
         await _drive(plain, 1, 1.0)
         await _drive(looped, 1, 1.0)
-        return (Figures.of("no tool", 1, *await _drive(plain, 1, SECONDS_PER_POINT)),
-                Figures.of("one tool round", 1, *await _drive(looped, 1, SECONDS_PER_POINT)))
+        without = Figures.of("no tool", 1, *await _drive(plain, 1, SECONDS_PER_POINT))
+        with flame_graphs("tools", profiled):
+            return without, Figures.of("one tool round", 1, *await _drive(looped, 1, SECONDS_PER_POINT))
 
 
 def main() -> None:
@@ -91,7 +94,8 @@ def main() -> None:
             key = asyncio.run(bench_key(stack, "bench", "bench-user"))
             caller = stack.mesh_metadata(Identity("bench", "bench-user", "standard"))
             invoke = asyncio.run(_over_grpc(stack.address("tools"), caller))
-            plain, looped = asyncio.run(_turns(stack.address("gateway"), key))
+            profiled = stack_pids(stack, "gateway", "router", "tools", "mongo")
+            plain, looped = asyncio.run(_turns(stack.address("gateway"), key, profiled))
     print("tools: calculator called in-process vs the tools service's Invoke over gRPC (concurrency 1)")
     for figures in (function, registry, invoke):
         print(f"  {figures.name:<10} p50 {figures.p50_ms:7.3f} ms  p99 {figures.p99_ms:7.3f} ms")
