@@ -5,10 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench import admission, chat_path, files, files_isolation, memory, mesh_identity, models, overload, router, tools
+from bench import (
+    admission,
+    chat_path,
+    files,
+    files_isolation,
+    memory,
+    mesh_identity,
+    models,
+    overload,
+    router,
+    streaming,
+    tools,
+)
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
-    "chat_path": chat_path.main, "admission": admission.main, "overload": overload.main, "router": router.main,
-    "memory": memory.main, "tools": tools.main, "files": files.main,
+    "chat_path": chat_path.main, "streaming": streaming.main, "admission": admission.main,
+    "overload": overload.main, "router": router.main, "memory": memory.main, "tools": tools.main, "files": files.main,
     "files_isolation": files_isolation.main, "mesh_identity": mesh_identity.main, "models": models.main,
 }
