@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import structlog
+import uvloop
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -145,5 +146,8 @@ def run(app: ServiceApp, settings: ServerSettings | None = None) -> None:
             loop.add_signal_handler(signum, stop.set)
         await serve(app, settings, stop)
 
-    asyncio.run(main())
+    if settings.event_loop == "uvloop":
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 

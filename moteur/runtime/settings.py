@@ -37,6 +37,10 @@ class ServerSettings(MoteurSettings):
         "finish (the longest chat turn)."
     )
     max_message_bytes: int = Field(8 * 1024 * 1024, description="Largest gRPC message accepted or sent.")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="The event loop: uvloop (libuv) spends less CPU per call on sockets than asyncio's "
+        "own (bench/chat_path.py); asyncio to rule it out when chasing a bug."
+    )
 
 
 class MeshAuthSettings(MoteurSettings):
