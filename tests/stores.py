@@ -1,8 +1,10 @@
-"""A lone SecantusDB for tests that need a real store but not the whole mesh (they stay unit tests)."""
+"""A lone SecantusDB or redis-server for tests that need a real store but not the whole mesh (they stay unit
+tests)."""
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +35,25 @@ def lone_secantusdb(storage: Path, startup_seconds: float = 30.0) -> Iterator[Lo
                 raise RuntimeError(f"SecantusDB did not start (exit code {process.poll()})")
             time.sleep(0.05)
         yield LoneStore(f"mongodb://127.0.0.1:{port}", process)
+    finally:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def lone_redis(startup_seconds: float = 10.0) -> Iterator[str]:
+    """redis-server on a free loopback port, without persistence; yields its URL, killed on exit."""
+    port = free_port()
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    process = subprocess.Popen([server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + startup_seconds
+        while not port_open(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start (exit code {process.poll()})")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         process.kill()
         process.wait()

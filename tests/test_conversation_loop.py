@@ -38,6 +38,7 @@ from moteur.gateway.turns import (
     TurnStarted,
 )
 from moteur.gateway.usage import UsageLedger
+from moteur.gateway.windows import SessionWindows
 from moteur.runtime.channels import open_channel
 from moteur.runtime.errors import FailedPrecondition, MoteurError
 from moteur.runtime.group_commit import GroupCommit
@@ -181,6 +182,7 @@ async def harness(client: AsyncMongoClient) -> AsyncIterator[Harness]:
                             MeshTokenIssuer("gateway", Ed25519PrivateKey.generate())),
         tenants=TenantSettings(db), toolbox=ToolBox(tools_pb2_grpc.ToolsStub(channel), 5.0, 0),
         settings=settings, files=FileRenderer(files_pb2_grpc.FilesStub(channel), 5.0),
+        windows=SessionWindows(sessions, None),  # no Redis here: every turn reads its session (test_session_windows)
     )
     yield Harness(conversation, sessions, db, router, tools, revisions)
     await channel.close()

@@ -25,6 +25,7 @@ from moteur.gateway.settings import GatewaySettings, RedisSettings
 from moteur.gateway.tenants import TenantSettings
 from moteur.gateway.tooling import ToolBox
 from moteur.gateway.usage import UsageLedger
+from moteur.gateway.windows import SessionWindows
 from moteur.runtime.api_keys import ApiKeyStore
 from moteur.runtime.channels import open_channel
 from moteur.runtime.group_commit import GroupCommit
@@ -79,6 +80,7 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
                       settings.recall_fact_bonus, settings.recall_word_bonus),
         outbox=outbox, tenants=tenants, toolbox=toolbox, settings=settings,
         files=FileRenderer(files, mesh.call_timeout_seconds),
+        windows=SessionWindows(sessions, limits_store, settings.session_windows, settings.session_window_seconds),
     )
     auth = Authenticator(keys, issuer)
     servicer = gateway_servicer(

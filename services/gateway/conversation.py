@@ -55,6 +55,7 @@ from moteur.gateway.turns import (
     TurnStarted,
 )
 from moteur.gateway.usage import TokenUsage, UsageLedger
+from moteur.gateway.windows import Lease, SessionWindows
 from moteur.runtime.channels import call_service_with_trailers, stream_service
 from moteur.runtime.context import outgoing_timeout
 from moteur.runtime.errors import (
@@ -89,6 +90,7 @@ class _Loop:
     unsaved: list[StoredMessage] = field(default_factory=list)  # results to persist with the next write
     pending_id: str = ""  # a continued turn: the pending turn it took
     resumed_at_round: int = 0
+    lease: Lease | None = None  # how the turn opened its session's window (moteur.gateway.windows)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -100,8 +102,9 @@ class Conversation:
         router: router_pb2_grpc.RouterStub, call_timeout: float,
         on_registry: Callable[[str], None] = lambda revision: None,
         *, recall: Recall, outbox: MemoryOutbox, tenants: TenantSettings, toolbox: ToolBox, settings: GatewaySettings,
-        files: FileRenderer,
+        files: FileRenderer, windows: SessionWindows,
     ) -> None:
+        self._windows = windows
         self._files = files
         self._toolbox = toolbox
         self._settings = settings
@@ -150,7 +153,7 @@ class Conversation:
     async def _run(self, identity: Identity, scope: Scope, turn: TurnInput, stream: bool) -> AsyncIterator[TurnEvent]:
         switches = await self._tenants.get(identity.tenant)
         # The session (with memories), the tenant's tools and the file template do not depend on each other.
-        (session, recollection), tools, _ = await asyncio.gather(
+        (session, lease, recollection), tools, _ = await asyncio.gather(
             self._session_and_memories(identity, scope, turn, recall=turn.use_memory and switches.memory_recall),
             self._tools(identity, turn),
             self._check_file(identity, turn),
@@ -162,7 +165,7 @@ class Conversation:
             if session.user and learns else None
         memory = recollection.prompt()
         loop = _Loop(turn, question, self._history(session, memory), tools, memory, _memory_summary(recollection),
-                     self._loop_deadline())
+                     self._loop_deadline(), lease=lease)
         loop.prompt.append(router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content=question.content))
         yield TurnStarted(session.id, question.id)
         with self._outbox.chatting():
@@ -375,6 +378,8 @@ class Conversation:
             extract = turn.use_memory and switches.fact_extraction
             writes.extend(outbox.writes(session, [question, answer], extract=extract))
         await self._commit.write(writes)
+        # A question stored by an earlier round of this turn is not in the session as opened: keep nothing then.
+        await self._windows.written(session, loop.lease, None if loop.question_stored else fresh)
         if outbox is not None:
             outbox.written()
         if loop.tools.status == "offered":
@@ -420,6 +425,10 @@ class Conversation:
         except Exception:
             log.exception("chat.question_not_persisted", session_id=session.id, message_id=loop.question.id)
 
+    async def drop_window(self, tenant: str, session_id: str) -> None:
+        """The session was deleted: no gateway may answer from a window of it any more."""
+        await self._windows.forget(tenant, session_id)
+
     async def forget_session(self, tenant: str, session_id: str) -> None:
         """A deleted session's messages leave memory as well (through the outbox)."""
         await self._outbox.forget_session(tenant, session_id)
@@ -430,23 +439,25 @@ class Conversation:
 
     async def _session_and_memories(
         self, identity: Identity, scope: Scope, turn: TurnInput, recall: bool
-    ) -> tuple[Session, Recollection]:
-        """The session (read, or new) and what memory recalls of its user for the question; the two are
-        fetched side by side when the user is known before the session is read."""
+    ) -> tuple[Session, Lease | None, Recollection]:
+        """The session (its window kept here, read, or new), its window's lease, and what memory recalls of its
+        user for the question; session and memories are fetched side by side when the user is known first."""
         early = self._recall.search(identity, turn.user, turn.message) if recall and turn.user else None
+        lease: Lease | None = None
         if turn.session_id:
             if early is not None:
-                session, recollection = await asyncio.gather(self._sessions.get(scope, turn.session_id), early)
+                (session, lease), recollection = await asyncio.gather(
+                    self._windows.open(scope, turn.session_id), early)
             else:
-                session, recollection = await self._sessions.get(scope, turn.session_id), OFF
+                (session, lease), recollection = await self._windows.open(scope, turn.session_id), OFF
         else:
             session = SessionStore.new(identity.tenant, turn.user, title=turn.message[:80], metadata=turn.metadata)
             recollection = await early if early is not None else OFF
         if not recall or not session.user:
-            return session, OFF  # memories are a user's: a turn without one recalls nothing
+            return session, lease, OFF  # memories are a user's: a turn without one recalls nothing
         if early is None:
             recollection = await self._recall.search(identity, session.user, turn.message)
-        return session, self._recall.fit(recollection, {m.id for m in session.recent})
+        return session, lease, self._recall.fit(recollection, {m.id for m in session.recent})
 
     @staticmethod
     def _history(session: Session, memory: str) -> list[router_pb2.PromptMessage]:

@@ -65,6 +65,15 @@ class GatewaySettings(MoteurSettings):
         64, ge=1, le=1024, description="Turns whose writes one MongoDB bulk write may carry while another is in "
         "flight (group commit: one journal sync for all); 1 sends each turn's writes alone."
     )
+    session_windows: int = Field(
+        4096, ge=0, description="Sessions whose window (newest messages) this gateway keeps between turns, so that "
+        "a turn on a session it wrote last reads nothing from MongoDB; Redis tells whether another turn wrote "
+        "since (moteur.gateway.windows). 0: every turn reads its session."
+    )
+    session_window_seconds: float = Field(
+        600.0, gt=0, description="How long a kept window may serve: the bound on staleness should Redis lose its "
+        "data while a turn is under way."
+    )
     tool_max_rounds: int = Field(
         8, ge=1, le=64, description="Rounds of tool calls in one chat turn before the model must answer."
     )

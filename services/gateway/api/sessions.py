@@ -56,5 +56,6 @@ class SessionRpcs:
                             context: Context) -> gateway_pb2.DeleteSessionResponse:
         session_id = parse_session_id(request.session_id)
         deleted = await self._sessions.delete(check.scope(identity, identity.user), session_id)
+        await self._conversation.drop_window(identity.tenant, session_id)
         await self._conversation.forget_session(identity.tenant, session_id)
         return gateway_pb2.DeleteSessionResponse(deleted_messages=deleted)
