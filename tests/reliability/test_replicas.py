@@ -5,6 +5,7 @@ replica to another."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import grpc
@@ -14,6 +15,7 @@ from reliability_kit import Keys
 from moteur.client import AsyncMoteurClient, MoteurClientError
 from moteur.devstack.stack import LocalStack, StackOptions
 from moteur.runtime.api_keys import hash_key
+from tests.waiting import metric_sum
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -118,3 +120,23 @@ async def test_a_session_and_its_idempotency_keys_carry_over_between_replicas(re
     history = await clients[2].get_session(first.session_id)
     assert [m.content for m in history.messages][::2] == ["My name is Sam.", "What is my name?"]
     assert history.session.message_count == 4, "a replayed turn was written twice"
+
+
+async def test_turns_moving_between_replicas_each_see_the_whole_conversation(replicas, keys) -> None:
+    """A replica keeps the window of the session it wrote last (moteur.gateway.windows): it must never serve
+    it once another replica wrote. The instant model's input tokens count the prompt, so each turn's must
+    exceed the last one's: a window missing the turn before would not."""
+    stack, addresses = replicas
+    _, clients = await _on_every_replica(keys, addresses, "rep-windows", "wes")
+    hits = metric_sum(stack.ports["gateway-metrics"], "moteur_session_window_lookups_total", outcome="hit")
+    first = await clients[0].chat("Turn 0 of a conversation that moves.", model_hint="instant")
+    inputs = [first.usage.input_tokens]
+    for n, replica in enumerate([1, 1, 0, 0, 0, 2, 0, 1, 1], start=1):
+        reply = await clients[replica].chat(f"Turn {n} of a conversation that moves.", session_id=first.session_id,
+                                            model_hint="instant")
+        inputs.append(reply.usage.input_tokens)
+    assert all(later > earlier for earlier, later in itertools.pairwise(inputs)), inputs
+    history = await clients[2].get_session(first.session_id)
+    assert history.session.message_count == 20
+    # The first replica answered turns 4 and 5 from the window it kept after turn 3; not 3 (1 wrote), nor 7 (2 did).
+    assert metric_sum(stack.ports["gateway-metrics"], "moteur_session_window_lookups_total", outcome="hit") == hits + 2
