@@ -88,19 +88,31 @@ async def test_concurrent_writers_share_commands_and_all_land(
     assert listener.sent == ["insert", "update", "insert", "insert"]
 
 
-async def test_a_failing_write_fails_its_writer_alone_in_staged_commands(
-        commands: tuple[AsyncMongoClient, Commands], db: str) -> None:
-    client, listener = commands
-    # A validator the failing turn's usage record breaks: a write error that is not a duplicate key.
+def _question_usage_outbox(db: str, turn: int, usage_turn: int | str | None = None) -> list[StoreWrite]:
+    """Three writes of a turn; a ``usage_turn`` that is not an int breaks the usage validator."""
+    return [Insert(f"{db}.messages", {"_id": f"{turn}-q"}),
+            Insert(f"{db}.usage", {"_id": f"{turn}-u", "turn": turn if usage_turn is None else usage_turn}),
+            Insert(f"{db}.outbox", {"_id": f"{turn}-o"})]
+
+
+async def _busy_commit_with_checked_usage(client: AsyncMongoClient, listener: Commands,
+                                          db: str) -> tuple[GroupCommit, asyncio.Task[None]]:
+    """A group commit with a first write in flight (the writes that follow queue behind it and go together), and a
+    validator that a usage record whose ``turn`` is not an int breaks: a write error that is not a duplicate key."""
     await client[db].create_collection("usage", validator={"turn": {"$type": "int"}})
     listener.sent.clear()
     commit = GroupCommit(client)
     blocker = asyncio.create_task(commit.write([Insert(f"{db}.other", {"_id": "first"})]))
-    await asyncio.sleep(0)  # the first write is in flight: the next ones queue behind it and go together
-    failing = [Insert(f"{db}.messages", {"_id": "2-q"}), Insert(f"{db}.usage", {"_id": "2-u", "turn": "two"}),
-               Insert(f"{db}.outbox", {"_id": "2-o"})]
-    writers = [[Insert(f"{db}.messages", {"_id": f"{t}-q"}), Insert(f"{db}.usage", {"_id": f"{t}-u", "turn": t}),
-                Insert(f"{db}.outbox", {"_id": f"{t}-o"})] for t in (1, 3, 4)]
+    await asyncio.sleep(0)
+    return commit, blocker
+
+
+async def test_a_failing_write_fails_its_writer_alone_in_staged_commands(
+        commands: tuple[AsyncMongoClient, Commands], db: str) -> None:
+    client, listener = commands
+    commit, blocker = await _busy_commit_with_checked_usage(client, listener, db)
+    failing = _question_usage_outbox(db, 2, usage_turn="two")
+    writers = [_question_usage_outbox(db, t) for t in (1, 3, 4)]
     outcomes = await asyncio.gather(commit.write(writers[0]), commit.write(failing), commit.write(writers[1]),
                                     commit.write(writers[2]), return_exceptions=True)
     await blocker
@@ -115,13 +127,8 @@ async def test_a_failing_write_fails_its_writer_alone_in_staged_commands(
 async def test_a_failing_writer_fails_alone_in_a_bulk_write_and_the_one_behind_it_is_sent_again(
         commands: tuple[AsyncMongoClient, Commands], db: str) -> None:
     client, listener = commands
-    await client[db].create_collection("usage", validator={"turn": {"$type": "int"}})
-    listener.sent.clear()
-    commit = GroupCommit(client)
-    blocker = asyncio.create_task(commit.write([Insert(f"{db}.other", {"_id": "first"})]))
-    await asyncio.sleep(0)
-    failing = [Insert(f"{db}.messages", {"_id": "1-q"}), Insert(f"{db}.usage", {"_id": "1-u", "turn": "one"}),
-               Insert(f"{db}.outbox", {"_id": "1-o"})]
+    commit, blocker = await _busy_commit_with_checked_usage(client, listener, db)
+    failing = _question_usage_outbox(db, 1, usage_turn="one")
     after = [Insert(f"{db}.messages", {"_id": "2-q"}), Insert(f"{db}.usage", {"_id": "2-u", "turn": 2})]
     outcomes = await asyncio.gather(commit.write(failing), commit.write(after), return_exceptions=True)
     await blocker
