@@ -12,7 +12,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import structlog
@@ -53,6 +53,8 @@ class ServiceApp:
     # An internal service: the scope each method needs (see moteur.runtime.identity); every call must carry
     # a mesh token that grants it. None: the public gateway, which authenticates API keys itself.
     scopes: Mapping[str, str] | None = None
+    # The event loop whatever ServerSettings.event_loop says: a service whose code does not run on uvloop.
+    event_loop: Literal["uvloop", "asyncio"] | None = None
 
 
 def _guard(app: ServiceApp, registrations: Sequence[Registration], auth: MeshAuthSettings) -> MeshGuard | None:
@@ -146,7 +148,7 @@ def run(app: ServiceApp, settings: ServerSettings | None = None) -> None:
             loop.add_signal_handler(signum, stop.set)
         await serve(app, settings, stop)
 
-    if settings.event_loop == "uvloop":
+    if (app.event_loop or settings.event_loop) == "uvloop":
         uvloop.run(main())
     else:
         asyncio.run(main())
