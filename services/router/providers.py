@@ -161,7 +161,7 @@ class InstantProvider:
         for index, word in enumerate(completion.text.split(" ") if completion.text else ()):
             if index and self.deployment.simulated_word_ms:
                 await asyncio.sleep(self.deployment.simulated_word_ms / 1000)
-            yield word + " "
+            yield f" {word}" if index else word  # the deltas add up to the answer's text exactly
         yield completion
 
 
