@@ -10,6 +10,7 @@ from bench import (
     chat_path,
     files,
     files_isolation,
+    http_api,
     memory,
     mesh_identity,
     models,
@@ -20,7 +21,7 @@ from bench import (
 )
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
-    "chat_path": chat_path.main, "streaming": streaming.main, "admission": admission.main,
+    "chat_path": chat_path.main, "streaming": streaming.main, "http_api": http_api.main, "admission": admission.main,
     "overload": overload.main, "router": router.main, "memory": memory.main, "tools": tools.main, "files": files.main,
     "files_isolation": files_isolation.main, "mesh_identity": mesh_identity.main, "models": models.main,
 }

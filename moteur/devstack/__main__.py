@@ -41,7 +41,8 @@ async def _development_key(stack: LocalStack) -> tuple[str, bool]:
 
 def main() -> None:
     console = Console()
-    stack = LocalStack(StackOptions(second_model=True, preferred_ports={"gateway": 50051}, supervise=True))
+    stack = LocalStack(StackOptions(second_model=True, preferred_ports={"gateway": 50051, "gateway-http": 8080},
+                                    supervise=True))
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())

@@ -75,7 +75,7 @@ class LocalStack:
     def __init__(self, options: StackOptions | None = None) -> None:
         self.options = options or StackOptions()
         self.data_dir = self.options.data_dir.resolve()
-        names = ["mongo", "redis", "model", "model2", *SERVICES, *(f"{s}-metrics" for s in SERVICES)]
+        names = ["mongo", "redis", "model", "model2", "gateway-http", *SERVICES, *(f"{s}-metrics" for s in SERVICES)]
         self.ports = {name: _pick_port(self.options.preferred_ports.get(name)) for name in names}
         self.processes: dict[str, ManagedProcess] = {}
         self.supervisor = Supervisor(self.processes) if self.options.supervise else None
@@ -84,6 +84,11 @@ class LocalStack:
     # -- addresses ---------------------------------------------------------------------------------
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
+
+    @property
+    def http_url(self) -> str:
+        """The gateway's OpenAI-compatible HTTP API, as the openai SDK's ``base_url``."""
+        return f"http://127.0.0.1:{self.ports['gateway-http']}/v1"
 
     @property
     def mongo_uri(self) -> str:
@@ -139,6 +144,7 @@ class LocalStack:
             # only check tokens.
             **({"MOTEUR_MESH_SIGNING_KEY_FILE": str(self.mesh_keys_dir / f"{service}.key")}
                if service in SIGNING_SERVICES else {}),
+            **({"MOTEUR_HTTP_PORT": str(self.ports["gateway-http"])} if service == "gateway" else {}),
             **self.options.service_env,
         }
 
@@ -193,7 +199,7 @@ class LocalStack:
         stop()), with extra ``MOTEUR_*`` settings."""
         port, metrics = free_port(), free_port()
         env = {**self.service_env(service), "MOTEUR_GRPC_PORT": str(port), "MOTEUR_METRICS_PORT": str(metrics),
-               **settings}
+               **({"MOTEUR_HTTP_PORT": str(free_port())} if service == "gateway" else {}), **settings}
         process = ManagedProcess(name, [sys.executable, "-m", f"moteur.{service}"],
                                  self.data_dir / "logs" / f"{name}.log", env=env, ready=lambda: _grpc_healthy(port))
         self.processes[name] = process
@@ -298,6 +304,7 @@ class LocalStack:
 
     def describe(self) -> dict[str, str]:
         where = {name: f"127.0.0.1:{self.ports[name]}" for name in self.processes}
+        where["gateway HTTP (OpenAI API)"] = self.http_url
         where.update({f"{s} /metrics": f"http://127.0.0.1:{self.ports[f'{s}-metrics']}/metrics" for s in SERVICES})
         return where
 

@@ -14,6 +14,8 @@ from moteur.gateway.api import AdminRpcs, ChatRpcs, FileRpcs, MemoryRpcs, Sessio
 from moteur.gateway.auth import Authenticator
 from moteur.gateway.conversation import Conversation
 from moteur.gateway.dispatch import DispatchPools
+from moteur.gateway.http.app import HttpApi
+from moteur.gateway.http.server import serving
 from moteur.gateway.idempotency import IdempotencyStore
 from moteur.gateway.limiter import RateLimiter
 from moteur.gateway.limits import LimitsCatalog, load_tiers
@@ -32,7 +34,7 @@ from moteur.runtime.group_commit import GroupCommit
 from moteur.runtime.mesh_tokens import MeshTokenIssuer
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.server import Registration, ServiceApp, run
-from moteur.runtime.settings import MeshSettings, MongoSettings
+from moteur.runtime.settings import MeshSettings, MongoSettings, ServerSettings
 from moteur.v1 import (
     files_pb2_grpc,
     gateway_pb2,
@@ -91,15 +93,18 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
         AdminRpcs(auth, keys, usage, admission, tenants),
     )
     outbox.start()
+    server = ServerSettings()
+    http = HttpApi(auth, router, conversation, admission).app()
     try:
-        yield [
-            Registration(
-                gateway_pb2.DESCRIPTOR.services_by_name["Gateway"],
-                servicer,
-                gateway_pb2_grpc.add_GatewayServicer_to_server,
-                on_drain=pools.drain,  # queued turns are handed back at once, in-flight ones finish
-            )
-        ]
+        async with serving(http, server.listen_host, settings.http_port, server.drain_seconds):
+            yield [
+                Registration(
+                    gateway_pb2.DESCRIPTOR.services_by_name["Gateway"],
+                    servicer,
+                    gateway_pb2_grpc.add_GatewayServicer_to_server,
+                    on_drain=pools.drain,  # queued turns are handed back at once, in-flight ones finish
+                )
+            ]
     finally:
         await outbox.stop()
         await limiter.close()

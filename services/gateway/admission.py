@@ -16,6 +16,9 @@ from moteur.gateway.dispatch import DispatchPools
 from moteur.gateway.limiter import Admission, QuotaUse, RateLimiter
 from moteur.gateway.limits import PRIORITY_NAMES, LimitsCatalog
 from moteur.gateway.metrics import ADMISSIONS
+from moteur.gateway.turns import TurnInput, TurnResult
+from moteur.gateway.usage import TokenUsage
+from moteur.runtime.context import time_remaining
 from moteur.runtime.errors import MoteurError, PermissionDenied, ResourceExhausted
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2
@@ -35,6 +38,11 @@ class AdmittedTurn:
     async def settle(self, tokens: int, cost_micro_usd: int) -> None:
         await self.control.settle(self.admission, tokens, cost_micro_usd)
 
+    async def settle_turn(self, result: TurnResult) -> None:
+        """Settle with what the turn used (a replayed answer used nothing)."""
+        usage = result.usage if not result.replay else TokenUsage()
+        await self.settle(usage.total_tokens, usage.cost_micro_usd)
+
 
 # The answer's length when the caller set none, for the token reservation; settled with the real count.
 DEFAULT_OUTPUT_ESTIMATE = 256
@@ -43,6 +51,12 @@ DEFAULT_OUTPUT_ESTIMATE = 256
 def estimate_tokens(message: str, max_output_tokens: int) -> int:
     """Input at one token per four characters (history is not known yet), plus the answer's ceiling."""
     return (len(message) + 3) // 4 + (max_output_tokens or DEFAULT_OUTPUT_ESTIMATE)
+
+
+def estimate_turn(turn: TurnInput) -> int:
+    """:func:`estimate_tokens` of a turn: its message, and the history a stateless turn brings along."""
+    given = sum(len(m.content) for m in turn.history or ())
+    return estimate_tokens(turn.message, turn.max_output_tokens) + (given + 3) // 4
 
 
 class AdmissionControl:
@@ -96,6 +110,14 @@ class AdmissionControl:
         finally:
             if not admission.settled:
                 await asyncio.shield(self.release(admission))
+
+    @contextlib.asynccontextmanager
+    async def chat_turn(self, identity: Identity, turn: TurnInput) -> AsyncIterator[AdmittedTurn]:
+        """:meth:`turn` for a chat turn, in the pool of its request type and model, within the call's deadline."""
+        pool = self.pools.key(turn.request_type, turn.model_hint)
+        estimate = estimate_turn(turn)
+        async with self.turn(identity, turn.user, turn.priority, estimate, time_remaining(), pool) as admitted:
+            yield admitted
 
     async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> None:
         uses = await self._limiter.settle(admission, tokens, cost_micro_usd)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 
 import grpc
 
@@ -31,14 +30,20 @@ class Authenticator:
         self._cache: OrderedDict[str, tuple[float, ApiKey]] = OrderedDict()
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Identity:
-        key = await self._key(context)
+        metadata = context.invocation_metadata()
+        return await self.authenticate_key(api_key(metadata_value(metadata, "authorization"),
+                                                   metadata_value(metadata, "x-api-key")))
+
+    async def authenticate_key(self, plaintext: str) -> Identity:
+        """The identity of a key found by :func:`api_key` (in gRPC metadata or HTTP headers alike)."""
+        key = await self._key(plaintext)
         identity = self._issuer.sign(key.identity)
         identity_var.set(identity)  # the request's log line names its tenant and user
         return identity
 
-    async def _key(self, context: grpc.aio.ServicerContext) -> ApiKey:
+    async def _key(self, plaintext: str) -> ApiKey:
         # Cached by hash, so plaintext keys are not kept in memory longer than the call.
-        key_hash = hash_key(_key_from_metadata(context.invocation_metadata()))
+        key_hash = hash_key(plaintext)
         now = time.monotonic()
         cached = self._cache.get(key_hash)
         if cached is not None and cached[0] > now:
@@ -53,12 +58,12 @@ class Authenticator:
         return key
 
 
-def _key_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-    header = metadata_value(metadata, "authorization")
-    key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    key = key or metadata_value(metadata, "x-api-key").strip()
+def api_key(authorization: str, x_api_key: str = "") -> str:
+    """The API key a call shows, from its ``authorization: Bearer <key>`` (or ``x-api-key``) header."""
+    key = authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
+    key = key or x_api_key.strip()
     if not key:
-        raise Unauthenticated("missing API key: send metadata 'authorization: Bearer <key>' (moteur keys create)")
+        raise Unauthenticated("missing API key: send the header 'authorization: Bearer <key>' (moteur keys create)")
     if not key.startswith(KEY_PREFIX):
         raise Unauthenticated(f"malformed API key: moteur keys start with {KEY_PREFIX!r}")
     return key

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -129,7 +129,7 @@ class Conversation:
 
     async def chat_stream(
         self, identity: Identity, scope: Scope, turn: TurnInput, stream: bool = True
-    ) -> AsyncIterator[TurnEvent]:
+    ) -> AsyncGenerator[TurnEvent, None]:
         """Started, text deltas (when streaming), then the persisted result — or an error."""
         if turn.idempotency_key:
             replay = await self._idempotency.claim(identity.tenant, turn.idempotency_key, turn.fingerprint())
@@ -160,13 +160,15 @@ class Conversation:
         )
         _refuse_if_pending(session)
         question = new_message("user", turn.message)
-        learns = turn.use_memory and switches.fact_extraction and switches.message_memory  # as the outbox's Extract
+        # A stateless turn stores no message, so memory learns nothing from it (it recalls all the same).
+        learns = turn.use_memory and switches.fact_extraction and switches.message_memory and not turn.stateless
         learning = self._recall.learn(identity, session.user, session.id, question.id, question.content) \
             if session.user and learns else None
         memory = recollection.prompt()
         loop = _Loop(turn, question, self._history(session, memory), tools, memory, _memory_summary(recollection),
                      self._loop_deadline(), lease=lease)
-        loop.prompt.append(router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content=question.content))
+        if turn.message:  # a stateless turn may go on from tool results instead
+            loop.prompt.append(router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content=question.content))
         yield TurnStarted(session.id, question.id)
         with self._outbox.chatting():
             async for event in self._loop(identity, session, loop, stream, switches):
@@ -312,6 +314,7 @@ class Conversation:
             messages=loop.prompt, request_type=cast(common_pb2.RequestType, turn.request_type),
             model_hint=turn.model_hint,
             max_output_tokens=turn.max_output_tokens, allow_model_substitution=turn.allow_model_substitution,
+            json_output=turn.json_output, json_schema=turn.json_schema,
         )
         if offered and not tools_off:
             request.tools.extend(offered)
@@ -325,7 +328,8 @@ class Conversation:
         that waits for the caller also records its usage and its idempotent answer."""
         stored = [*([] if loop.question_stored else [loop.question]), *loop.unsaved, *messages]
         pending_turn = pending.pending_turn if pending is not None else None
-        writes: list[Any] = list(self._sessions.turn_writes(session, stored, pending_turn))
+        writes: list[Any] = [] if loop.turn.stateless else list(self._sessions.turn_writes(session, stored,
+                                                                                            pending_turn))
         if pending is not None:
             writes.append(self._usage.record_write(identity, session.user, session.id, messages[0].model, loop.usage))
             if loop.turn.idempotency_key:
@@ -368,18 +372,19 @@ class Conversation:
         # Question, answer, session window, usage and idempotency record: one round trip to the store.
         fresh = [*([] if loop.question_stored else [question]), *loop.unsaved, answer]
         writes = [
-            *self._sessions.turn_writes(session, fresh),
+            *([] if turn.stateless else self._sessions.turn_writes(session, fresh)),
             self._usage.record_write(identity, session.user, session.id, final.model, usage),
         ]
         if turn.idempotency_key:
             writes.append(self._idempotency.complete_write(identity.tenant, turn.idempotency_key, result.to_record()))
-        outbox = self._outbox if switches.message_memory else None
+        outbox = self._outbox if switches.message_memory and not turn.stateless else None
         if outbox is not None:
             extract = turn.use_memory and switches.fact_extraction
             writes.extend(outbox.writes(session, [question, answer], extract=extract))
         await self._commit.write(writes)
         # A question stored by an earlier round of this turn is not in the session as opened: keep nothing then.
-        await self._windows.written(session, loop.lease, None if loop.question_stored else fresh)
+        if not turn.stateless:
+            await self._windows.written(session, loop.lease, None if loop.question_stored else fresh)
         if outbox is not None:
             outbox.written()
         if loop.tools.status == "offered":
@@ -415,6 +420,8 @@ class Conversation:
 
     async def _persist_failed(self, session: Session, loop: _Loop, to_memory: bool) -> None:
         """A failed turn's question (unless stored) and the rounds it did, in one write."""
+        if loop.turn.stateless:
+            return
         question = [] if loop.question_stored else [loop.question]
         if not question and not loop.unsaved:
             return
@@ -442,9 +449,13 @@ class Conversation:
     ) -> tuple[Session, Lease | None, Recollection]:
         """The session (its window kept here, read, or new), its window's lease, and what memory recalls of its
         user for the question; session and memories are fetched side by side when the user is known first."""
+        recall = recall and bool(turn.message)
         early = self._recall.search(identity, turn.user, turn.message) if recall and turn.user else None
         lease: Lease | None = None
-        if turn.session_id:
+        if turn.history is not None:
+            session = _stateless_session(identity.tenant, turn.user, turn.history)
+            recollection = await early if early is not None else OFF
+        elif turn.session_id:
             if early is not None:
                 (session, lease), recollection = await asyncio.gather(
                     self._windows.open(scope, turn.session_id), early)
@@ -496,6 +507,12 @@ def _title(question: str) -> str:
     """A file's title (and name) from the question: its first line, as far as a word boundary near 80."""
     line = next((text.strip() for text in question.splitlines() if text.strip()), "answer")
     return line if len(line) <= 80 else line[:80].rsplit(" ", 1)[0]
+
+
+def _stateless_session(tenant: str, user: str, history: Sequence[StoredMessage]) -> Session:
+    """What a stateless turn runs in: the caller's messages, no id, never stored."""
+    now = datetime.now(UTC)
+    return Session("", tenant, user, "", now, now, len(history), {}, list(history), stored=False)
 
 
 def _refuse_if_pending(session: Session) -> None:

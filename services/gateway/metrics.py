@@ -74,3 +74,17 @@ CHAT_FILES = Counter(
     "moteur_chat_files_total", "Chat answers rendered into files, by format and outcome (ok or the gRPC code).",
     ["format", "outcome"],
 )
+
+SESSION_WINDOW_LOOKUPS = Counter(
+    "moteur_session_window_lookups_total",
+    "Session windows a turn needed, by outcome: hit (kept here, nobody wrote since), miss (read from the store), "
+    "unavailable (Redis down: read from the store)",
+    ["outcome"],
+)
+for _outcome in ("hit", "miss", "unavailable"):
+    SESSION_WINDOW_LOOKUPS.labels(_outcome)
+
+HTTP_REQUESTS = Counter("moteur_http_requests_total", "Requests to the OpenAI-compatible HTTP API, by route and status",
+                        ["route", "status"])
+HTTP_LATENCY = Histogram("moteur_http_request_seconds", "How long the HTTP API took to answer, by route",
+                         ["route"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))

@@ -65,6 +65,9 @@ class GatewaySettings(MoteurSettings):
         64, ge=1, le=1024, description="Turns whose writes one MongoDB bulk write may carry while another is in "
         "flight (group commit: one journal sync for all); 1 sends each turn's writes alone."
     )
+    http_port: int = Field(
+        8080, ge=0, le=65535, description="Port of the OpenAI-compatible HTTP API (/v1/models, …); 0: not served."
+    )
     session_windows: int = Field(
         4096, ge=0, description="Sessions whose window (newest messages) this gateway keeps between turns, so that "
         "a turn on a session it wrote last reads nothing from MongoDB; Redis tells whether another turn wrote "

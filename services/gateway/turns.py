@@ -38,9 +38,21 @@ class TurnInput:
     output_format: int = common_pb2.FILE_FORMAT_UNSPECIFIED  # set: the answer is rendered into a file
     output_template: str = ""
     allow_model_substitution: bool = False  # another model may answer when the one named by model_hint cannot
+    json_schema: str = ""  # set: the answer is JSON valid against this schema (its JSON text)
+    json_output: bool = False  # the answer is a JSON object (any, without a schema)
+    # Stateless (the OpenAI API without a session): the conversation so far, as the caller sent it; the turn
+    # reads no session and stores no message (its usage is recorded). ``message`` may then be empty: the
+    # history ends with tool results the model reads next.
+    history: tuple[StoredMessage, ...] | None = None
+
+    @property
+    def stateless(self) -> bool:
+        return self.history is not None
 
     def fingerprint(self) -> str:
-        return fingerprint(self.session_id, self.user, self.message, str(self.request_type), self.model_hint)
+        history = "\x1e".join(f"{m.role}:{m.content}" for m in self.history or ())
+        return fingerprint(self.session_id, self.user, self.message, str(self.request_type), self.model_hint,
+                           *((history,) if self.history is not None else ()))
 
     def continuation(self) -> TurnSettings:
         """What a SubmitToolResults needs of this turn's settings."""

@@ -29,23 +29,14 @@ from typing import cast
 
 import structlog
 from cachetools import TTLCache
-from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from moteur.gateway.metrics import SESSION_WINDOW_LOOKUPS
 from moteur.gateway.sessions import RECENT_MESSAGES, Scope, Session, SessionStore, StoredMessage
 from moteur.runtime.ids import new_id
 
 log = structlog.get_logger("moteur.gateway.windows")
-
-WINDOW_LOOKUPS = Counter(
-    "moteur_session_window_lookups_total",
-    "Session windows a turn needed, by outcome: hit (kept here, nobody wrote since), miss (read from the store), "
-    "unavailable (Redis down: read from the store)",
-    ["outcome"],
-)
-for _outcome in ("hit", "miss", "unavailable"):
-    WINDOW_LOOKUPS.labels(_outcome)
 
 MARK = "w:"
 # KEYS[1]: the session's key; ARGV: the turn's mark, the new version, the key's lifetime in seconds.
@@ -91,7 +82,7 @@ class SessionWindows:
         try:
             previous = await self._redis.set(_key(scope.tenant, session_id), lease.mark, ex=self._ttl, get=True)
         except RedisError as exc:
-            WINDOW_LOOKUPS.labels("unavailable").inc()
+            SESSION_WINDOW_LOOKUPS.labels("unavailable").inc()
             log.warning("windows.redis_failed", error=str(exc)[:200])
             return await self._sessions.get(scope, session_id), None
         version = previous.decode() if isinstance(previous, bytes) else cast(str | None, previous)
@@ -99,9 +90,9 @@ class SessionWindows:
         kept = self._kept.get((scope.tenant, session_id))
         if kept is not None and lease.settled and kept.version == version and (
                 scope.user is None or scope.user == kept.session.user):
-            WINDOW_LOOKUPS.labels("hit").inc()
+            SESSION_WINDOW_LOOKUPS.labels("hit").inc()
             return dataclasses.replace(kept.session, recent=list(kept.session.recent)), lease
-        WINDOW_LOOKUPS.labels("miss").inc()
+        SESSION_WINDOW_LOOKUPS.labels("miss").inc()
         return await self._sessions.get(scope, session_id), lease
 
     async def written(self, session: Session, lease: Lease | None, messages: list[StoredMessage] | None) -> None:

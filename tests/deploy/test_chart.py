@@ -178,6 +178,7 @@ def test_dashboards_ship_as_configmaps_and_query_metrics_moteur_exports() -> Non
     import moteur.gateway.metrics
     import moteur.memory.metrics
     import moteur.router.metrics
+    import moteur.runtime.group_commit
     import moteur.tools.metrics  # noqa: F401 (the name `moteur` is bound, unused)
 
     exported = {metric.name for metric in REGISTRY.collect()}
@@ -199,3 +200,20 @@ def test_the_memory_service_gets_settings_it_can_load_for_its_milvus_index(monke
     memory = MemorySettings()
     assert memory.milvus_index_type == "HNSW" and memory.milvus_index_params == {"M": 16, "efConstruction": 200}
     assert memory.milvus_search_params == {"ef": 64} and memory.milvus_uri.startswith("http")
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["http", "no-http"])
+def test_the_gateway_publishes_its_http_api_when_enabled(enabled: bool) -> None:
+    manifests = _render({"gateway": {"http": {"enabled": enabled, "port": 8181}}})
+    container = _by_kind(manifests, "Deployment")["moteur-gateway"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    service_ports = {p["name"]: p["port"] for p in _by_kind(manifests, "Service")["moteur-gateway"]["spec"]["ports"]}
+    policy = _by_kind(manifests, "NetworkPolicy")["moteur-gateway"]["spec"]["ingress"][0]
+    if enabled:
+        assert {"name": "http", "containerPort": 8181} in container["ports"]
+        assert env["MOTEUR_HTTP_PORT"] == "8181" and service_ports["http"] == 8181
+        assert {"port": 8181, "protocol": "TCP"} in policy["ports"]
+    else:
+        assert "http" not in {p["name"] for p in container["ports"]} and "http" not in service_ports
+        assert env["MOTEUR_HTTP_PORT"] == "0" and len(policy["ports"]) == 1
+    assert service_ports["grpc"] == 50051

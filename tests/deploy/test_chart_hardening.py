@@ -90,11 +90,11 @@ def test_the_metadata_is_added_to_every_catch_all_ip_block_beside_the_rules_own_
 
 
 @pytest.mark.parametrize("values", [{}, PRODUCTION], ids=["default", "production"])
-def test_the_gateway_publishes_only_grpc_and_its_metrics_stay_in_the_cluster(values: dict[str, Any]) -> None:
+def test_the_gateway_publishes_only_its_apis_and_its_metrics_stay_in_the_cluster(values: dict[str, Any]) -> None:
     services = _by_kind(_render(values), "Service")
     gateway = services["moteur-gateway"]["spec"]
     assert gateway["type"] == ("LoadBalancer" if values else "ClusterIP")
-    assert [(p["name"], p["port"]) for p in gateway["ports"]] == [("grpc", 50051)]
+    assert [(p["name"], p["port"]) for p in gateway["ports"]] == [("grpc", 50051), ("http", 8080)]
     metrics = services["moteur-gateway-metrics"]
     assert metrics["spec"]["type"] == "ClusterIP" and metrics["spec"]["selector"] == gateway["selector"]
     assert [(p["name"], p["port"]) for p in metrics["spec"]["ports"]] == [("metrics", 9090)]

@@ -122,7 +122,7 @@ def test_only_the_gateway_is_reachable_from_outside_the_mesh() -> None:
                 assert rule["from"] == [{"namespaceSelector": {"matchLabels": {
                     "kubernetes.io/metadata.name": "monitoring"}}}]
             elif component == "gateway":
-                assert ports == {50051} and "from" not in rule  # the public API
+                assert ports == {50051, 8080} and "from" not in rule  # the public API: gRPC and HTTP
             else:
                 assert ports == {50051}
                 peers = rule["from"]

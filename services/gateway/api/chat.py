@@ -10,17 +10,15 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from moteur.gateway import validation as check
-from moteur.gateway.admission import AdmissionControl, estimate_tokens
+from moteur.gateway.admission import AdmissionControl
 from moteur.gateway.api import convert
 from moteur.gateway.api.rpc import Context, authenticated
 from moteur.gateway.auth import Authenticator
 from moteur.gateway.conversation import Conversation
+from moteur.gateway.listing import visible_models
 from moteur.gateway.sessions import parse_session_id
 from moteur.gateway.tooling import ToolBox
 from moteur.gateway.turns import TurnInput, TurnResult
-from moteur.gateway.usage import TokenUsage
-from moteur.runtime.channels import call_service
-from moteur.runtime.context import outgoing_timeout, time_remaining
 from moteur.runtime.errors import InvalidArgument
 from moteur.runtime.identity import Identity
 from moteur.v1 import gateway_pb2, router_pb2, router_pb2_grpc, tools_pb2
@@ -72,30 +70,14 @@ class ChatRpcs:
     @contextlib.asynccontextmanager
     async def _admitted(self, identity: Identity, turn: TurnInput, context: Context) -> AsyncIterator[Settle]:
         """Admission around a turn; yields how to settle it with its result."""
-        estimate = estimate_tokens(turn.message, turn.max_output_tokens)
-        pool = self._admission.pools.key(turn.request_type, turn.model_hint)
-        async with self._admission.turn(
-            identity, turn.user, turn.priority, estimate, time_remaining(), pool
-        ) as admitted:
+        async with self._admission.chat_turn(identity, turn) as admitted:
             context.set_trailing_metadata(admitted.metadata())
-
-            async def settle(result: TurnResult) -> None:
-                usage = result.usage if not result.replay else TokenUsage()
-                await admitted.settle(usage.total_tokens, usage.cost_micro_usd)
-
-            yield settle
+            yield admitted.settle_turn
 
     @authenticated
     async def ListModels(self, request: router_pb2.ListModelsRequest, identity: Identity,
                          context: Context) -> router_pb2.ListModelsResponse:
-        listed = await call_service(self._router.ListModels, request, "router", identity, outgoing_timeout(10.0))
-        # What this caller may name in model_hint; the mesh's internal capacities are not its business.
-        visible = [m for m in listed.models if not m.tiers or identity.tier in m.tiers]
-        for model in visible:
-            model.ClearField("tiers")
-        return router_pb2.ListModelsResponse(
-            models=visible, default_model=listed.default_model, routes=listed.routes, revision=listed.revision
-        )
+        return await visible_models(self._router, identity)
 
     @authenticated
     async def ListTools(self, request: tools_pb2.ListToolsRequest, identity: Identity,
