@@ -119,3 +119,25 @@ def test_tool_messages_continue_a_sessions_waiting_turn() -> None:
     assert continued_session(asked, {}) == ""  # stateless: the history goes to the model instead
     results = tool_results(asked)
     assert [(r.call_id, r.content_json) for r in results] == [("c1", '{"sky": "clear"}'), ("c2", '"pluie fine"')]
+
+
+def test_embeddings_read_texts_and_encode_as_asked() -> None:
+    import base64
+    import struct
+
+    from moteur.gateway.http.embeddings import EmbeddingsRequest, embeddings_response
+    from moteur.v1 import memory_pb2
+
+    asked = EmbeddingsRequest.parse(json.dumps({"input": ["un", "two"], "encoding_format": "base64"}).encode())
+    assert asked.texts() == ["un", "two"]
+    embedded = memory_pb2.EmbedResponse(model="e5", dimensions=2, embeddings=[
+        memory_pb2.Embedding(values=[0.5, -1.0]), memory_pb2.Embedding(values=[0.25, 2.0])])
+    answer = embeddings_response(asked, embedded, tokens=2)
+    assert struct.unpack("<2f", base64.b64decode(answer["data"][1]["embedding"])) == (0.25, 2.0)
+    assert answer["model"] == "e5" and answer["usage"] == {"prompt_tokens": 2, "total_tokens": 2}
+    with pytest.raises(InvalidArgument) as wrong_size:
+        embeddings_response(EmbeddingsRequest.parse(b'{"input": "x", "dimensions": 3}'), embedded, tokens=1)
+    assert wrong_size.value.violations[0].field == "dimensions"
+    with pytest.raises(InvalidArgument) as blank:
+        EmbeddingsRequest.parse(b'{"input": ["ok", "  "]}').texts()
+    assert blank.value.violations[0].field == "input[1]"

@@ -74,8 +74,9 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     await pools.refresh()  # the models' capacity; a router not up yet is read on its first answer
     limiter = RateLimiter(limits_store, catalog, settings.lease_seconds, ledger=usage)
     admission = AdmissionControl(catalog, limiter, alerts, pools)
+    commit = GroupCommit(mongo, settings.group_commit_max_turns)
     conversation = Conversation(
-        GroupCommit(mongo, settings.group_commit_max_turns), sessions, usage, idempotency, router,
+        commit, sessions, usage, idempotency, router,
         mesh.call_timeout_seconds, on_registry=pools.observe,
         recall=Recall(memory, settings.recall_top_k, settings.recall_min_score, settings.recall_token_budget,
                       settings.recall_timeout_seconds, settings.recall_margin, settings.recall_kinds,
@@ -94,7 +95,7 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     )
     outbox.start()
     server = ServerSettings()
-    http = HttpApi(auth, router, conversation, admission).app()
+    http = HttpApi(auth, router, conversation, admission, memory, usage, commit).app()
     try:
         async with serving(http, server.listen_host, settings.http_port, server.drain_seconds):
             yield [

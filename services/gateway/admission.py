@@ -74,12 +74,15 @@ class AdmissionControl:
                 f"tier {identity.tier!r} may use priorities {', '.join(allowed)}, not {name!r}"
             )
 
-    async def admit(self, identity: Identity, user: str, priority: int, tokens: int, pool: str) -> Admission:
+    async def admit(self, identity: Identity, user: str, priority: int, tokens: int, pool: str | None) -> Admission:
+        """The caller's limits and quotas for a call of ``tokens``, and room in ``pool``'s queue (None: a call
+        that takes no model slot, as an embedding)."""
         try:
             self.check_priority(identity, priority)
             # A turn the queue would shed is refused before it costs a Redis round trip: under overload the
             # refusal must be the cheapest answer the gateway gives.
-            self.pools.queue(pool).check_room(identity.tenant, priority - common_pb2.PRIORITY_CRITICAL)
+            if pool is not None:
+                self.pools.queue(pool).check_room(identity.tenant, priority - common_pb2.PRIORITY_CRITICAL)
             admission = await self._limiter.admit(identity, user, tokens)
         except MoteurError as exc:
             ADMISSIONS.labels(identity.tenant, exc.code.name.lower()).inc()
@@ -118,6 +121,17 @@ class AdmissionControl:
         estimate = estimate_turn(turn)
         async with self.turn(identity, turn.user, turn.priority, estimate, time_remaining(), pool) as admitted:
             yield admitted
+
+    @contextlib.asynccontextmanager
+    async def call(self, identity: Identity, user: str, tokens: int) -> AsyncIterator[AdmittedTurn]:
+        """Admit a call that takes no model slot (embeddings): limits and quotas only; its reservation is given
+        back unless the call settled."""
+        admission = await self.admit(identity, user, common_pb2.PRIORITY_NORMAL, tokens, None)
+        try:
+            yield AdmittedTurn(self, admission, 0.0)
+        finally:
+            if not admission.settled:
+                await asyncio.shield(self.release(admission))
 
     async def settle(self, admission: Admission, tokens: int, cost_micro_usd: int) -> None:
         uses = await self._limiter.settle(admission, tokens, cost_micro_usd)

@@ -214,3 +214,27 @@ async def test_a_sessions_turn_waiting_for_the_callers_tools_goes_on_with_the_to
     assert answered.choices[0].message.content == 'instant answer after tools: "rain, 12 °C"'
     stored = await caller.client.get_session(session_id)
     assert [m.content for m in stored.messages][-1] == answered.choices[0].message.content
+
+
+async def test_embeddings_come_back_as_the_sdk_decodes_them_in_french_and_english(stack, make_caller) -> None:
+    caller = await make_caller(f"oa-{new_id().lower()}", "emma")
+    texts = ["Le chat dort sur le canapé.", "The cat is sleeping on the sofa.", "Income tax is due in April."]
+    async with _sdk(stack, caller.key) as client:
+        # The SDK asks for base64 unless told otherwise, and decodes it; float comes as JSON numbers.
+        batch = await client.embeddings.create(model="text-embedding-3-small", input=texts)
+        floats = await client.embeddings.create(model="auto", input=texts[0], encoding_format="float")
+        with pytest.raises(openai.BadRequestError) as empty:
+            await client.embeddings.create(model="auto", input=[])
+        with pytest.raises(openai.BadRequestError) as token_ids:
+            await client.embeddings.create(model="auto", input=[[101, 2023]])
+    vectors = [d.embedding for d in sorted(batch.data, key=lambda d: d.index)]
+    assert len(vectors) == 3 and len(vectors[0]) == len(floats.data[0].embedding) > 0
+    assert max(abs(a - b) for a, b in zip(vectors[0], floats.data[0].embedding, strict=True)) < 1e-6
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True)) / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.05  # the same sentence, two languages
+    assert batch.model == floats.model != "text-embedding-3-small"  # memory's one model, named
+    assert batch.usage.prompt_tokens > 0
+    assert empty.value.body["param"] == "input" and token_ids.value.body["param"] == "input"  # type: ignore[index]

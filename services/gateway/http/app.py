@@ -2,7 +2,8 @@
 
 The same keys (``Authorization: Bearer``), the same errors (in OpenAI's JSON, moteur.gateway.http.errors) and
 the same admission, turn and code behind it as the gRPC API: this layer only translates (completions.py).
-Served: ``POST /v1/chat/completions`` (streamed or not), ``GET /v1/models``, ``GET /healthz``.
+Served: ``POST /v1/chat/completions`` (streamed or not), ``POST /v1/embeddings``, ``GET /v1/models``,
+``GET /healthz``.
 """
 
 from __future__ import annotations
@@ -28,16 +29,21 @@ from moteur.gateway.auth import Authenticator, api_key
 from moteur.gateway.conversation import Conversation
 from moteur.gateway.http import completions
 from moteur.gateway.http.completions import ChatCompletionRequest
+from moteur.gateway.http.embeddings import EmbeddingsRequest, embeddings_response
+from moteur.gateway.http.embeddings import estimate_tokens as estimate_embedded
 from moteur.gateway.http.errors import error_body, error_response, http_error
 from moteur.gateway.listing import visible_models
 from moteur.gateway.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from moteur.gateway.sessions import Scope
 from moteur.gateway.turns import TurnInput, TurnResult, TurnStarted
-from moteur.runtime.context import request_id_var
+from moteur.gateway.usage import TokenUsage, UsageLedger
+from moteur.runtime.channels import call_service
+from moteur.runtime.context import outgoing_timeout, request_id_var
+from moteur.runtime.group_commit import GroupCommit
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import new_id
 from moteur.runtime.interceptors import translate_exception
-from moteur.v1 import router_pb2_grpc
+from moteur.v1 import memory_pb2, memory_pb2_grpc, router_pb2_grpc
 
 log = structlog.get_logger("moteur.gateway.http")
 _tracer = trace.get_tracer("moteur.gateway.http")
@@ -53,11 +59,15 @@ class HttpApi:
     router: router_pb2_grpc.RouterStub
     conversation: Conversation
     admission: AdmissionControl
+    memory: memory_pb2_grpc.MemoryStub
+    usage: UsageLedger
+    commit: GroupCommit
 
     def app(self) -> Starlette:
         routes = [
             Route("/v1/chat/completions", self._authenticated("/v1/chat/completions", self.chat_completions),
                   methods=["POST"]),
+            Route("/v1/embeddings", self._authenticated("/v1/embeddings", self.embeddings), methods=["POST"]),
             Route("/v1/models", self._authenticated("/v1/models", self.models), methods=["GET"]),
             Route("/healthz", self.health, methods=["GET"]),
         ]
@@ -70,6 +80,21 @@ class HttpApi:
         listed = await visible_models(self.router, identity)
         return JSONResponse({"object": "list", "data": [
             {"id": m.name, "object": "model", "created": 0, "owned_by": m.provider} for m in listed.models]})
+
+    async def embeddings(self, request: Request, identity: Identity) -> Response:
+        """memory's Embed, within the caller's limits; charged to its usage like a turn's input."""
+        asked = EmbeddingsRequest.parse(await request.body())
+        texts = asked.texts()
+        user = check.acting_user(identity, asked.user)
+        tokens = estimate_embedded(texts)
+        async with self.admission.call(identity, user, tokens) as admitted:
+            embedded = await call_service(self.memory.Embed, memory_pb2.EmbedRequest(texts=texts), "memory",
+                                          identity, outgoing_timeout(60.0))
+            answer = embeddings_response(asked, embedded, tokens)
+            await self.commit.write([self.usage.record_write(identity, user, "", embedded.model,
+                                                             TokenUsage(tokens, 0, 0))])
+            await admitted.settle(tokens, 0)
+        return JSONResponse(answer, headers=_headers(admitted, ""))
 
     async def chat_completions(self, request: Request, identity: Identity) -> Response:
         asked = ChatCompletionRequest.parse(await request.body())
