@@ -23,7 +23,7 @@ from moteur.gateway.idempotency import IdempotencyStore
 from moteur.gateway.outbox import MemoryOutbox
 from moteur.gateway.recall import Recall
 from moteur.gateway.rendering import FileRenderer
-from moteur.gateway.sessions import Scope, SessionStore
+from moteur.gateway.sessions import Scope, SessionStore, new_message
 from moteur.gateway.settings import GatewaySettings
 from moteur.gateway.tenants import TenantSettings
 from moteur.gateway.tooling import ClientTool, ToolBox
@@ -385,3 +385,36 @@ async def test_turns_of_one_session_run_side_by_side_without_losing_messages(har
     assert stored.message_count == 6
     assert sorted(m.content for m in stored.recent) == sorted(["One?", "First.", "Two?", "Three?", "Second.",
                                                                "Third."])
+
+
+async def test_a_stateless_turn_reads_the_callers_history_and_stores_only_its_usage(harness: Harness) -> None:
+    """The OpenAI API without a session: the caller's messages are the prompt, the settings reach the model,
+    and nothing but the usage record is written; a turn going on from tool results asks nothing new."""
+    harness.router.script = [answer('{"city": "Lyon"}', 40, 6), calls(("c9", "crm_lookup", '{"email": "a@b.c"}')),
+                             answer("Ana lives in Lyon.", 50, 5)]
+    history = (new_message("system", "Réponds en JSON."), new_message("user", "Bonjour"),
+               new_message("assistant", "Bonjour ! Que puis-je faire ?"))
+    schema = '{"type": "object", "properties": {"city": {"type": "string"}}}'
+    first = await harness.conversation.chat(IDENTITY, SCOPE, question(
+        "Où habite Ana ?", history=history, json_schema=schema, json_output=True, temperature=0.3, stop=("###",)))
+    asked = harness.router.requests[0]
+    assert prompt_of(asked) == [("system", "Réponds en JSON."), ("user", "Bonjour"),
+                                ("assistant", "Bonjour ! Que puis-je faire ?"), ("user", "Où habite Ana ?")]
+    assert asked.json_schema == schema and asked.json_output and list(asked.stop) == ["###"]
+    assert abs(asked.temperature - 0.3) < 1e-6
+    assert first.session_id == "" and first.answer.content == '{"city": "Lyon"}'
+    # The caller's tool, stateless: its call comes back, and the caller's next request brings its result.
+    waiting = await harness.conversation.chat(IDENTITY, SCOPE, question(
+        "Look Ana up", history=(), client_tools=(LOOKUP,)))
+    assert waiting.pending == [{"id": waiting.pending[0]["id"], "name": "crm_lookup",
+                                "arguments_json": '{"email": "a@b.c"}'}]
+    went_on = await harness.conversation.chat(IDENTITY, SCOPE, question("", history=(
+        new_message("user", "Look Ana up"),
+        new_message("assistant", "", tool_calls=[{"id": "c9", "name": "crm_lookup", "arguments_json": "{}"}]),
+        new_message("tool", '{"city": "Lyon"}', tool_result={"call_id": "c9"}))))
+    assert prompt_of(harness.router.requests[2])[-1] == ("tool", '{"city": "Lyon"}')
+    assert went_on.answer.content == "Ana lives in Lyon."
+    assert await harness.db["sessions"].count_documents({}) == 0
+    assert await harness.db["messages"].count_documents({}) == 0
+    assert await harness.db["memory_outbox"].count_documents({}) == 0
+    assert await harness.db["usage"].count_documents({"session_id": ""}) == 3

@@ -67,6 +67,9 @@ def test_response_formats_tools_and_the_routed_model() -> None:
         tool_choice={"type": "function", "function": {"name": "clock"}}), {})
     assert turn.model_hint == "" and turn.max_output_tokens == 64 and json.loads(turn.json_schema) == schema
     assert turn.json_output and [t.name for t in turn.client_tools] == ["clock"] and turn.tool_choice == "clock"
+    assert turn.temperature is None and turn.stop == ()
+    sampled = turn_input(ADA, _request(messages=[{"role": "user", "content": "Hi"}], temperature=0.2, stop="###"), {})
+    assert sampled.temperature == 0.2 and sampled.stop == ("###",)
     plain = turn_input(ADA, _request(messages=[{"role": "user", "content": "Hi"}],
                                      response_format={"type": "json_object"}), {})
     assert plain.json_output and plain.json_schema == ""
@@ -81,6 +84,8 @@ def test_response_formats_tools_and_the_routed_model() -> None:
     ({"messages": [{"role": "tool", "content": "10:00"}]}, {}, "messages[0].tool_call_id"),
     ({"messages": [{"role": "user", "content": "   "}]}, {}, "message"),
     ({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10**6}, {}, "max_completion_tokens"),
+    ({"messages": [{"role": "user", "content": "Hi"}], "temperature": 2.5}, {}, "temperature"),
+    ({"messages": [{"role": "user", "content": "Hi"}], "stop": ["a", "b", "c", "d", "e"]}, {}, "stop"),
     ({"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema"}}, {},
      "response_format.json_schema.schema"),
     ({"messages": [{"role": "user", "content": "Hi"}]}, {"x-moteur-priority": "urgent"}, "x-moteur-priority"),

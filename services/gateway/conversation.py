@@ -314,8 +314,10 @@ class Conversation:
             messages=loop.prompt, request_type=cast(common_pb2.RequestType, turn.request_type),
             model_hint=turn.model_hint,
             max_output_tokens=turn.max_output_tokens, allow_model_substitution=turn.allow_model_substitution,
-            json_output=turn.json_output, json_schema=turn.json_schema,
+            json_output=turn.json_output, json_schema=turn.json_schema, stop=turn.stop,
         )
+        if turn.temperature is not None:
+            request.temperature = turn.temperature
         if offered and not tools_off:
             request.tools.extend(offered)
             # A named or required tool is forced once: after its result, the model answers freely.

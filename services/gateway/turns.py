@@ -40,6 +40,8 @@ class TurnInput:
     allow_model_substitution: bool = False  # another model may answer when the one named by model_hint cannot
     json_schema: str = ""  # set: the answer is JSON valid against this schema (its JSON text)
     json_output: bool = False  # the answer is a JSON object (any, without a schema)
+    temperature: float | None = None  # None: the route's
+    stop: tuple[str, ...] = ()  # sequences that end the answer
     # Stateless (the OpenAI API without a session): the conversation so far, as the caller sent it; the turn
     # reads no session and stores no message (its usage is recorded). ``message`` may then be empty: the
     # history ends with tool results the model reads next.

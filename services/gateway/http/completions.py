@@ -108,6 +108,8 @@ class ChatCompletionRequest(_Lenient):
     response_format: _ResponseFormat | None = None
     max_tokens: int | None = Field(None, ge=0)
     max_completion_tokens: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    stop: str | list[str] | None = Field(None, max_length=4)
     user: str = ""
 
     @classmethod
@@ -162,7 +164,8 @@ def turn_input(identity: Identity, request: ChatCompletionRequest, headers: Mapp
         client_tools=client_tools([gateway_pb2.ToolSpec(name=t.function.name, description=t.function.description,
                                                         input_schema_json=json.dumps(t.function.parameters))
                                    for t in request.tools]),
-        json_schema=schema, json_output=json_output, history=history,
+        json_schema=schema, json_output=json_output, history=history, temperature=request.temperature,
+        stop=(request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ()),
     )
 
 
