@@ -14,9 +14,10 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from moteur.gateway import validation as check
+from moteur.gateway.http.bodies import Body
 from moteur.gateway.sessions import Role, StoredMessage, new_message
 from moteur.gateway.tooling import client_tools, tool_choice
 from moteur.gateway.turns import REQUIRES_ACTION, TextDelta, TurnEvent, TurnInput, TurnResult
@@ -33,27 +34,25 @@ NEW_SESSION = "new"  # X-Moteur-Session: new starts a session; the response's X-
 ROUTED = frozenset({"", "auto", "moteur", "default"})
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
 
 
-class _Function(_Lenient):
+class _Function(Body):
     name: str
     arguments: str = "{}"
 
 
-class _ToolCall(_Lenient):
+class _ToolCall(Body):
     id: str
     type: Literal["function"] = "function"
     function: _Function
 
 
-class _Part(_Lenient):
+class _Part(Body):
     type: str
     text: str = ""
 
 
-class _Message(_Lenient):
+class _Message(Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_Part] | None = None
     tool_calls: list[_ToolCall] = Field(default_factory=list)
@@ -68,37 +67,37 @@ class _Message(_Lenient):
         return "".join(part.text for part in self.content)
 
 
-class _ToolFunction(_Lenient):
+class _ToolFunction(Body):
     name: str
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-class _Tool(_Lenient):
+class _Tool(Body):
     type: Literal["function"]
     function: _ToolFunction
 
 
-class _NamedChoice(_Lenient):
+class _NamedChoice(Body):
     type: Literal["function"]
     function: _Function | dict[str, str]
 
 
-class _JsonSchema(_Lenient):
+class _JsonSchema(Body):
     name: str = "answer"
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
 
 
-class _ResponseFormat(_Lenient):
+class _ResponseFormat(Body):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: _JsonSchema | None = None
 
 
-class _StreamOptions(_Lenient):
+class _StreamOptions(Body):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Lenient):
+class ChatCompletionRequest(Body):
     model: str = ""
     messages: list[_Message] = Field(min_length=1)
     stream: bool = False
@@ -111,19 +110,6 @@ class ChatCompletionRequest(_Lenient):
     temperature: float | None = Field(None, ge=0, le=2)
     stop: str | list[str] | None = Field(None, max_length=4)
     user: str = ""
-
-    @classmethod
-    def parse(cls, body: bytes) -> ChatCompletionRequest:
-        try:
-            document = json.loads(body)
-        except ValueError as exc:
-            raise InvalidArgument("body", f"is not JSON: {exc}") from None
-        try:
-            return cls.model_validate(document)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "body"
-            raise InvalidArgument(field, first["msg"]) from None
 
     @property
     def include_usage(self) -> bool:

@@ -8,12 +8,12 @@ named in the answer. Texts are embedded as passages (stored, compared with each 
 from __future__ import annotations
 
 import base64
-import json
 import struct
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
+from moteur.gateway.http.bodies import Body
 from moteur.runtime.errors import InvalidArgument
 from moteur.v1 import memory_pb2
 
@@ -21,26 +21,12 @@ MAX_INPUTS = 256  # memory's Embed takes 1 to 256 texts
 MAX_INPUT_CHARS = 8_192
 
 
-class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class EmbeddingsRequest(Body):
     input: str | list[str] | list[int] | list[list[int]]
     model: str = ""
     encoding_format: Literal["float", "base64"] = "float"
     user: str = ""
     dimensions: int | None = Field(None, gt=0)
-
-    @classmethod
-    def parse(cls, body: bytes) -> EmbeddingsRequest:
-        try:
-            document = json.loads(body)
-        except ValueError as exc:
-            raise InvalidArgument("body", f"is not JSON: {exc}") from None
-        try:
-            return cls.model_validate(document)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise InvalidArgument(".".join(str(p) for p in first["loc"]) or "body", first["msg"]) from None
 
     def texts(self) -> list[str]:
         texts = [self.input] if isinstance(self.input, str) else self.input
