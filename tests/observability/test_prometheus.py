@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import yaml
 
@@ -127,6 +128,12 @@ async def _scripted_load(stack: LocalStack) -> None:
         async for _ in client.chat_stream("Stream this.", model_hint="instant", timeout=30):
             pass
         await client.search_memories("lighthouse")
+        # The OpenAI-compatible HTTP API: a completion and the models.
+        async with httpx.AsyncClient(base_url=stack.http_url, headers={"authorization": f"Bearer {key}"}) as http:
+            completion = await http.post("/chat/completions", json={
+                "model": "instant", "messages": [{"role": "user", "content": "Over HTTP."}]}, timeout=30)
+            completion.raise_for_status()
+            (await http.get("/models", timeout=30)).raise_for_status()
         with pytest.raises(MoteurClientError):
             await client.get_session("no-such-session")  # a caller's error: NOT_FOUND in the RPC metrics
         try:
