@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from moteur.devstack.stack import REPO_CONFIG, LocalStack
 from moteur.gateway.limits import LimitsCatalog, LimitScope, LimitSet, load_tiers
-from moteur.gateway.tenants import TenantSettings
+from moteur.gateway.tenants import CachePolicy, TenantSettings
 from moteur.runtime.api_keys import ApiKeyStore
 from moteur.runtime.mongo import connect_mongo, database
 from moteur.runtime.settings import MongoSettings
@@ -16,14 +16,14 @@ GENEROUS = LimitSet(requests_per_minute=10_000_000, tokens_per_minute=10_000_000
 
 async def bench_key(
     stack: LocalStack, tenant: str, user: str, limits: LimitSet = GENEROUS, memory: bool = False,
-    recall: bool = True,
+    recall: bool = True, cache: bool = False,
 ) -> str:
     """A service-tier key of ``user`` (all priorities), its key, user and tenant limits set to ``limits``.
 
     Without ``memory`` the tenant's messages do not reach memory: the benchmarks of the gateway measure its
     own path, not the embedding of every message competing for this machine's two cores (the memory
     benchmark measures that). With ``memory`` but not ``recall``, messages and facts are stored and nothing
-    is recalled."""
+    is recalled. With ``cache`` the tenant's response cache is on (every request type, the default TTL)."""
     settings = MongoSettings(mongo_uri=stack.mongo_uri)
     mongo = connect_mongo(settings)
     try:
@@ -37,6 +37,8 @@ async def bench_key(
             await TenantSettings(db).set(tenant, message_memory=False, memory_recall=False, fact_extraction=False)
         elif not recall:
             await TenantSettings(db).set(tenant, memory_recall=False)
+        if cache:
+            await TenantSettings(db).set(tenant, response_cache=CachePolicy(enabled=True, since_ms=1))
         return key
     finally:
         await mongo.close()

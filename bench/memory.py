@@ -206,7 +206,7 @@ async def _search(size: int, directory: Path) -> None:
             records = [MemoryRecord(id=str(i), tenant=f"t{i % TENANTS}", user="u", session="s", kind="message",
                                     text=f"text {i}", model="bench") for i in range(start, min(size, start + 5_000))]
             await store.upsert(records, vectors[start:start + len(records)])
-        await store._run(store.client.flush, "moteur_memories")
+        await store.run(store.client.flush, "moteur_memories")
         loaded = time.perf_counter() - started
         mine = np.array([i % TENANTS == 3 for i in range(size)])
         own, own_ids = vectors[mine], np.nonzero(mine)[0]

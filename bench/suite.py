@@ -15,6 +15,7 @@ from bench import (
     mesh_identity,
     models,
     overload,
+    response_cache,
     router,
     streaming,
     tools,
@@ -24,4 +25,5 @@ BENCHMARKS: dict[str, Callable[[], Any]] = {
     "chat_path": chat_path.main, "streaming": streaming.main, "http_api": http_api.main, "admission": admission.main,
     "overload": overload.main, "router": router.main, "memory": memory.main, "tools": tools.main, "files": files.main,
     "files_isolation": files_isolation.main, "mesh_identity": mesh_identity.main, "models": models.main,
+    "response_cache": response_cache.main,
 }

@@ -35,7 +35,7 @@ class Untouchable:
 def _groups(auth: Any) -> list[object]:
     deps = Untouchable()
     return [ChatRpcs(auth, deps, deps, deps, deps), SessionRpcs(auth, deps, deps), MemoryRpcs(auth, deps, deps),
-            FileRpcs(auth, deps), AdminRpcs(auth, deps, deps, deps, deps)]
+            FileRpcs(auth, deps), AdminRpcs(auth, deps, deps, deps, deps, deps)]
 
 
 async def test_every_rpc_is_served_and_authenticates_first() -> None:

@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 from rich.table import Table
 
-from moteur.client import ChatOptions, MoteurClient, MoteurClientError
+from moteur.client import ChatOptions, MoteurClient, MoteurClientError, cache_settings
 from moteur.runtime.protonames import ROLE_NAMES
 from moteur.runtime.settings import MongoSettings
 from moteur.v1 import common_pb2, gateway_pb2, memory_pb2, router_pb2
@@ -307,17 +307,32 @@ def tenant_set(
                                                     help="Fact extraction from chat.")] = None,
     messages: Annotated[bool | None, typer.Option("--messages/--no-messages",
                                                   help="Chat messages stored in memory at all.")] = None,
+    cache: Annotated[bool | None, typer.Option("--cache/--no-cache", help="The semantic response cache: a question "
+                                               "near one answered before gets that answer again.")] = None,
+    cache_types: Annotated[list[str] | None, typer.Option("--cache-type", help="With --cache: a request type it "
+                                                          "answers (chat, summarize, extract, code); repeat; none: "
+                                                          "every one.")] = None,
+    cache_ttl: Annotated[int, typer.Option(help="With --cache: seconds an answer is kept (0: one hour).")] = 0,
 ) -> None:
-    """Turn memory recall, fact extraction or message memory on or off for your whole tenant."""
+    """Turn memory recall, fact extraction, message memory or the response cache on or off for your whole tenant."""
+    try:
+        caching = None if cache is None else cache_settings(cache, cache_types or (), cache_ttl)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     with _client() as client:
         _print_switches(client.set_tenant_settings(memory_recall=recall, fact_extraction=extraction,
-                                                   message_memory=messages))
+                                                   message_memory=messages, response_cache=caching))
 
 
 def _print_switches(settings: gateway_pb2.TenantSettings) -> None:
     on = {True: "on", False: "off"}
+    cache = settings.response_cache
+    types = ", ".join(common_pb2.RequestType.Name(t).removeprefix("REQUEST_TYPE_").lower()
+                      for t in cache.request_types) or "every request type"
+    caching = f"on ({types}; answers kept {cache.ttl_seconds} s)" if cache.enabled else "off"
     console.print(f"memory recall: {on[settings.memory_recall]}; fact extraction: {on[settings.fact_extraction]}; "
                   f"message memory: {on[settings.message_memory]}")
+    console.print(f"response cache: {caching}", soft_wrap=True)
 
 
 _USER = typer.Option(help="Whose memories (service keys); a user key sees its own.")

@@ -25,6 +25,7 @@ from moteur.client.requests import (
     ChatOptions,
     LimitOptions,
     auth_metadata,
+    cache_settings,
     chat_request,
     enum_value,
     limits_request,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from moteur.client.retriever import MoteurRetriever
 
 __all__ = ["AsyncMoteurClient", "ChatOptions", "LimitOptions", "MoteurClient", "MoteurClientError",
-           "MoteurRetriever", "tool_result"]
+           "MoteurRetriever", "cache_settings", "tool_result"]
 
 
 def __getattr__(name: str) -> Any:
@@ -178,10 +179,15 @@ class AsyncMoteurClient:
     async def get_tenant_settings(self) -> gateway_pb2.TenantSettings:
         return await self._unary(self._stub.GetTenantSettings, gateway_pb2.GetTenantSettingsRequest())
 
-    async def set_tenant_settings(self, memory_recall: bool | None = None, fact_extraction: bool | None = None,
-                                  message_memory: bool | None = None) -> gateway_pb2.TenantSettings:
+    async def set_tenant_settings(
+        self, memory_recall: bool | None = None, fact_extraction: bool | None = None,
+        message_memory: bool | None = None, response_cache: gateway_pb2.ResponseCacheSettings | None = None,
+    ) -> gateway_pb2.TenantSettings:
+        """Change the switches given (None: unchanged); ``response_cache`` (see ``cache_settings``) replaces the
+        tenant's response cache whole."""
         return await self._unary(self._stub.SetTenantSettings, gateway_pb2.TenantSettings(
-            memory_recall=memory_recall, fact_extraction=fact_extraction, message_memory=message_memory))
+            memory_recall=memory_recall, fact_extraction=fact_extraction, message_memory=message_memory,
+            response_cache=response_cache))
 
     async def list_memories(self, user_id: str = "", kinds: Sequence[str] = (), page_size: int = 0,
                             page_token: str = "") -> memory_pb2.ListMemoriesResponse:

@@ -53,6 +53,7 @@ class ChatOptions(TypedDict, total=False):
     max_output_tokens: int  # 0: the model's default
     use_memory: bool | None  # None: the gateway's default (on)
     use_tools: bool | None
+    use_cache: bool | None  # None: the tenant's response cache may answer (when the tenant turned it on)
     tool_choice: str  # "auto", "none", "required" or a tool's name
     client_tools: Sequence[Mapping[str, Any] | gateway_pb2.ToolSpec]  # [{"name", "description", "input_schema",
     #                                                                     "output_schema"}]: tools the caller runs
@@ -76,6 +77,7 @@ def chat_request(
     metadata: Mapping[str, str] | None = None, idempotency_key: str = "", max_output_tokens: int = 0,
     use_memory: bool | None = None, use_tools: bool | None = None, tool_choice: str = "",
     client_tools: Sequence[Mapping[str, Any] | gateway_pb2.ToolSpec] = (), allow_model_substitution: bool = False,
+    use_cache: bool | None = None,
 ) -> gateway_pb2.ChatRequest:
     """The request of a chat turn (its keywords are :class:`ChatOptions`); an unknown enum name is a ValueError."""
     return gateway_pb2.ChatRequest(
@@ -89,7 +91,16 @@ def chat_request(
         idempotency_key=idempotency_key, max_output_tokens=max_output_tokens,
         use_memory=use_memory,  # None: unset, the gateway's default (on)
         use_tools=use_tools, tool_choice=tool_choice, client_tools=[tool_spec(t) for t in client_tools],
+        use_cache=use_cache,
     )
+
+
+def cache_settings(enabled: bool, request_types: Sequence[int | str] = (),
+                   ttl_seconds: int = 0) -> gateway_pb2.ResponseCacheSettings:
+    """The tenant's response cache as ``set_tenant_settings`` takes it (request types by name or number)."""
+    return gateway_pb2.ResponseCacheSettings(
+        enabled=enabled, ttl_seconds=ttl_seconds,
+        request_types=[enum_value(t, REQUEST_TYPES, "request type") for t in request_types])
 
 
 def template_request(name: str, source: str, formats: Sequence[int | str],

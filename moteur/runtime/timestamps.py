@@ -25,3 +25,9 @@ def to_datetime(field: str, stamp: Timestamp) -> datetime.datetime:
 
 def to_milliseconds(field: str, stamp: Timestamp) -> int:
     return checked(field, stamp).ToMilliseconds()
+
+
+def from_milliseconds(milliseconds: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromMilliseconds(milliseconds)
+    return stamp

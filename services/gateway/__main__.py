@@ -22,6 +22,7 @@ from moteur.gateway.limits import LimitsCatalog, load_tiers
 from moteur.gateway.outbox import MemoryOutbox
 from moteur.gateway.recall import Recall
 from moteur.gateway.rendering import FileRenderer
+from moteur.gateway.response_cache import ResponseCache
 from moteur.gateway.sessions import SessionStore
 from moteur.gateway.settings import GatewaySettings, RedisSettings
 from moteur.gateway.tenants import TenantSettings
@@ -75,6 +76,8 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     limiter = RateLimiter(limits_store, catalog, settings.lease_seconds, ledger=usage)
     admission = AdmissionControl(catalog, limiter, alerts, pools)
     commit = GroupCommit(mongo, settings.group_commit_max_turns)
+    cache = ResponseCache(memory, lambda: pools.revision, settings.response_cache_min_score,
+                          settings.response_cache_max_history, settings.response_cache_timeout_seconds)
     conversation = Conversation(
         commit, sessions, usage, idempotency, router,
         mesh.call_timeout_seconds, on_registry=pools.observe,
@@ -84,6 +87,7 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
         outbox=outbox, tenants=tenants, toolbox=toolbox, settings=settings,
         files=FileRenderer(files, mesh.call_timeout_seconds),
         windows=SessionWindows(sessions, limits_store, settings.session_windows, settings.session_window_seconds),
+        cache=cache,
     )
     auth = Authenticator(keys, issuer)
     servicer = gateway_servicer(
@@ -91,7 +95,7 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
         SessionRpcs(auth, sessions, conversation),
         MemoryRpcs(auth, memory, conversation),
         FileRpcs(auth, files),
-        AdminRpcs(auth, keys, usage, admission, tenants),
+        AdminRpcs(auth, keys, usage, admission, tenants, cache),
     )
     outbox.start()
     server = ServerSettings()

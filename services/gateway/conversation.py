@@ -32,6 +32,7 @@ from moteur.gateway.metrics import CHAT_TOKENS, CHAT_TURNS, GATEWAY_TOOL_CALLS, 
 from moteur.gateway.outbox import MemoryOutbox
 from moteur.gateway.recall import OFF, Recall, Recollection
 from moteur.gateway.rendering import FileRenderer, RenderFailed, file_ref
+from moteur.gateway.response_cache import ResponseCache
 from moteur.gateway.sessions import Scope, Session, SessionStore, StoredMessage, new_message
 from moteur.gateway.settings import GatewaySettings
 from moteur.gateway.tenants import TenantSettings, TenantSwitches
@@ -91,6 +92,8 @@ class _Loop:
     pending_id: str = ""  # a continued turn: the pending turn it took
     resumed_at_round: int = 0
     lease: Lease | None = None  # how the turn opened its session's window (moteur.gateway.windows)
+    cache_context: str | None = None  # the response cache's digest of this turn's context, when it is asked
+    cached: bool = False  # the answer came from the response cache
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -102,8 +105,9 @@ class Conversation:
         router: router_pb2_grpc.RouterStub, call_timeout: float,
         on_registry: Callable[[str], None] = lambda revision: None,
         *, recall: Recall, outbox: MemoryOutbox, tenants: TenantSettings, toolbox: ToolBox, settings: GatewaySettings,
-        files: FileRenderer, windows: SessionWindows,
+        files: FileRenderer, windows: SessionWindows, cache: ResponseCache | None = None,
     ) -> None:
+        self._cache = cache
         self._windows = windows
         self._files = files
         self._toolbox = toolbox
@@ -167,6 +171,9 @@ class Conversation:
         memory = recollection.prompt()
         loop = _Loop(turn, question, self._history(session, memory), tools, memory, _memory_summary(recollection),
                      self._loop_deadline(), lease=lease)
+        if self._cache is not None:
+            loop.cache_context = self._cache.context(identity, turn, switches.response_cache, loop.prompt,
+                                                     tools.model_tools())
         if turn.message:  # a stateless turn may go on from tool results instead
             loop.prompt.append(router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content=question.content))
         yield TurnStarted(session.id, question.id)
@@ -242,7 +249,10 @@ class Conversation:
         settings = self._settings
         offered = loop.tools.model_tools()
         try:
-            while True:
+            cached = await self._from_cache(identity, loop)
+            if cached is not None and stream:
+                yield TextDelta(cached.text)
+            while cached is None:
                 last_round = loop.rounds >= settings.tool_max_rounds
                 request = self._request(loop, offered, tools_off=last_round)
                 final = None
@@ -300,7 +310,23 @@ class Conversation:
             if offered:
                 TOOL_LOOPS.labels("failed").inc()
             raise
-        yield await self._answer(identity, session, loop, final, switches)
+        answer = cached or final
+        assert answer is not None, "the loop ends with an answer or raises"
+        yield await self._answer(identity, session, loop, answer, switches)
+
+    async def _from_cache(self, identity: Identity, loop: _Loop) -> router_pb2.CompleteResponse | None:
+        """The answer the response cache kept for a question near this one, as the router would give it."""
+        if self._cache is None or loop.cache_context is None:
+            return None
+        hit = await self._cache.lookup(identity, loop.cache_context, loop.question.content)
+        if hit is None:
+            loop.route["cache"] = "miss"
+            return None
+        loop.cached = True
+        loop.route |= {"cache": "hit", "cache_score": f"{hit.score:.4f}",
+                       "cached_at": hit.cached_at.isoformat(timespec="seconds")}
+        return router_pb2.CompleteResponse(text=hit.content, model=hit.model, route=hit.route, route_decision="cache",
+                                           finish_reason=common_pb2.FINISH_REASON_STOP)
 
     def _invoke(self, identity: Identity, session: Session, loop: _Loop,
                 calls: Sequence[common_pb2.ToolCall]) -> list[asyncio.Future[Any]]:
@@ -389,6 +415,7 @@ class Conversation:
             await self._windows.written(session, loop.lease, None if loop.question_stored else fresh)
         if outbox is not None:
             outbox.written()
+        self._keep(identity, session, loop, final, unrendered, switches.response_cache.ttl_seconds)
         if loop.tools.status == "offered":
             TOOL_LOOPS.labels("answered" if "tool_loop" not in loop.route else "max_rounds").inc()
             TOOL_ROUNDS.observe(loop.rounds)
@@ -400,6 +427,17 @@ class Conversation:
         if unrendered is not None:
             raise RenderFailed(unrendered, session.id, answer.id)
         return result
+
+    def _keep(self, identity: Identity, session: Session, loop: _Loop, final: router_pb2.CompleteResponse,
+              unrendered: MoteurError | None, ttl_seconds: int) -> None:
+        """A plain answer, asked of the cache and not found there, is kept for the next question like it."""
+        if self._cache is None or loop.cache_context is None or loop.cached:
+            return
+        if loop.rounds or final.tool_calls or final.finish_reason != common_pb2.FINISH_REASON_STOP \
+                or unrendered is not None or not final.text.strip():
+            return
+        self._cache.keep(identity, loop.cache_context, loop.question.content, session.user, final.text, final.model,
+                         final.route, ttl_seconds)
 
     async def _render(self, identity: Identity, session: Session, loop: _Loop, answer: StoredMessage,
                       route: dict[str, str]) -> MoteurError | None:

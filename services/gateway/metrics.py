@@ -88,3 +88,21 @@ HTTP_REQUESTS = Counter("moteur_http_requests_total", "Requests to the OpenAI-co
                         ["route", "status"])
 HTTP_LATENCY = Histogram("moteur_http_request_seconds", "How long the HTTP API took to answer, by route",
                          ["route"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+
+RESPONSE_CACHE = Counter(
+    "moteur_response_cache_total",
+    "Chat turns the tenant's response cache was asked for, by result: hit, miss, skip (not cacheable: a long "
+    "history, a file, tool results to read) or unavailable (memory slow or down: the model answered).", ["result"],
+)
+RESPONSE_CACHE_SECONDS = Histogram(
+    "moteur_response_cache_lookup_seconds", "Time a turn spent asking the response cache, by result.", ["result"],
+    buckets=LATENCY_BUCKETS,
+)
+RESPONSE_CACHE_SCORE = Histogram(
+    "moteur_response_cache_hit_score", "Cosine between a question the cache answered and the question it kept.",
+    buckets=(0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 1.0),
+)
+RESPONSE_CACHE_STORES = Counter("moteur_response_cache_stores_total",
+                                "Answers sent to the response cache, by result (ok, failed).", ["result"])
+for _result in ("hit", "miss", "skip", "unavailable"):  # exported at 0 from the start, for the dashboard
+    RESPONSE_CACHE.labels(_result)

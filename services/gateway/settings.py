@@ -60,6 +60,17 @@ class GatewaySettings(MoteurSettings):
     recall_timeout_seconds: float = Field(
         1.0, gt=0, description="Longest a turn waits for recall before going on without memories."
     )
+    response_cache_min_score: float = Field(
+        0.90, gt=0, le=1, description="Least cosine between a question and a kept one for the response cache to "
+        "answer (calibrated for the default embedding model on evals/cache.yaml: python -m bench response_cache)."
+    )
+    response_cache_max_history: int = Field(
+        2, ge=0, le=16, description="Most earlier messages a turn may have (besides recalled memories) for the "
+        "response cache to be asked: a longer conversation is not cached."
+    )
+    response_cache_timeout_seconds: float = Field(
+        0.5, gt=0, description="Longest a turn waits for the response cache before asking the model."
+    )
     queue_max_wait_seconds: float = Field(30.0, gt=0, description="Longest a turn waits for a slot.")
     group_commit_max_turns: int = Field(
         64, ge=1, le=1024, description="Turns whose writes one MongoDB bulk write may carry while another is in "

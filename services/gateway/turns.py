@@ -42,6 +42,7 @@ class TurnInput:
     json_output: bool = False  # the answer is a JSON object (any, without a schema)
     temperature: float | None = None  # None: the route's
     stop: tuple[str, ...] = ()  # sequences that end the answer
+    use_cache: bool = True  # the tenant's response cache may answer (when the tenant turned it on)
     # Stateless (the OpenAI API without a session): the conversation so far, as the caller sent it; the turn
     # reads no session and stores no message (its usage is recorded). ``message`` may then be empty: the
     # history ends with tool results the model reads next.

@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
 
+from moteur.memory.answers import AnswerCache
 from moteur.memory.documents import DocumentStore
 from moteur.memory.embeddings import (
     BatchingEmbedder,
@@ -59,6 +60,8 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
                         settings.milvus_index_params, settings.milvus_search_params,
                         {"auto": None, "exact": True, "milvus": False}[settings.milvus_search])
     await store.open()
+    answers = AnswerCache(store, embedder, settings.answer_cache_max_per_context)
+    await answers.open()
     mongo = connect_mongo(mongo_settings)
     router_channel = open_channel(MeshSettings().router_addr)
     llm = None
@@ -74,12 +77,13 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
         yield [
             Registration(
                 memory_pb2.DESCRIPTOR.services_by_name["Memory"],
-                MemoryServicer(embedder, store, facts, documents, ForgottenUsers(db), migration),
+                MemoryServicer(embedder, store, facts, documents, ForgottenUsers(db), migration, answers),
                 memory_pb2_grpc.add_MemoryServicer_to_server,
             )
         ]
     finally:
         await migration.stop()
+        await answers.close()
         await embedder.aclose()
         await store.close()
         await router_channel.close()
@@ -89,7 +93,8 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
 app = ServiceApp("memory", build, scopes={
     "Embed": SCOPE_EMBED, "Search": SCOPE_MEMORY_READ, "List": SCOPE_MEMORY_READ, "FactHistory": SCOPE_MEMORY_READ,
     "Upsert": SCOPE_MEMORY_WRITE, "Delete": SCOPE_MEMORY_WRITE, "UpsertDocument": SCOPE_MEMORY_WRITE,
-    "Extract": SCOPE_MEMORY_WRITE,
+    "Extract": SCOPE_MEMORY_WRITE, "LookupAnswer": SCOPE_MEMORY_READ, "StoreAnswer": SCOPE_MEMORY_WRITE,
+    "ClearAnswers": SCOPE_MEMORY_WRITE,
 })
 
 if __name__ == "__main__":

@@ -22,3 +22,8 @@ REEMBEDDED = Counter("moteur_memory_reembedded_total",
                      "Vectors of a former embedding model re-embedded with the current one.")
 REEMBED_REMAINING = Gauge("moteur_memory_reembedding_remaining",
                           "Vectors of a former embedding model still to re-embed (left out of searches until then).")
+ANSWER_CACHE_ENTRIES = Gauge("moteur_answer_cache_entries",
+                             "Answers kept by the semantic response cache in this replica's mirror (a Lite file).")
+ANSWER_CACHE_CALLS = Counter("moteur_answer_cache_calls_total",
+                             "Response-cache calls to memory: lookups by whether they found an answer, and stores.",
+                             ["call", "result"])

@@ -13,23 +13,29 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from moteur.memory.answers import AnswerCache
 from moteur.memory.documents import DocumentStore
 from moteur.memory.embeddings import BatchingEmbedder
 from moteur.memory.facts import FactMemory, Turn
 from moteur.memory.forgotten import ForgottenUsers, created_ms_of
+from moteur.memory.metrics import ANSWER_CACHE_CALLS
 from moteur.memory.migration import Reembedding
 from moteur.memory.store import Kind, MemoryRecord, SearchFilter, VectorStore
 from moteur.runtime.errors import InvalidArgument, NotFound
 from moteur.runtime.identity import mesh_identity
 from moteur.runtime.ids import new_id
 from moteur.runtime.memory_limits import MAX_REPLY_CHARS, MAX_TEXT_CHARS
-from moteur.runtime.timestamps import to_milliseconds
+from moteur.runtime.timestamps import from_milliseconds, to_milliseconds
 from moteur.v1 import memory_pb2, memory_pb2_grpc
 
 MAX_TEXTS = 256
 MAX_TOP_K = 100
 MAX_DOCUMENT_CHARS = 1_000_000
 _DOCUMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,48}")
+_CONTEXT = re.compile(r"[0-9a-f]{64}")
+MAX_CACHE_TOP_K = 16
+MAX_ANSWER_BYTES = 65_535
+MAX_ANSWER_TTL_SECONDS = 7 * 24 * 3600
 
 _KINDS: dict[memory_pb2.MemoryKind, Kind] = {
     memory_pb2.MEMORY_KIND_MESSAGE: "message", memory_pb2.MEMORY_KIND_FACT: "fact",
@@ -42,7 +48,9 @@ _ACTIONS = {"add": memory_pb2.FACT_ACTION_ADD, "update": memory_pb2.FACT_ACTION_
 
 class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     def __init__(self, embedder: BatchingEmbedder, store: VectorStore, facts: FactMemory,
-                 documents: DocumentStore, forgotten: ForgottenUsers, migration: Reembedding) -> None:
+                 documents: DocumentStore, forgotten: ForgottenUsers, migration: Reembedding,
+                 answers: AnswerCache) -> None:
+        self._answers = answers
         self._migration = migration
         self._documents = documents
         self._forgotten = forgotten
@@ -156,7 +164,51 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         if forgets_user:
             await self._facts.forget(identity.tenant, request.user_id)
             await self._documents.forget(identity.tenant, request.user_id)
+            await self._answers.clear(identity.tenant, request.user_id)
         return memory_pb2.DeleteMemoriesResponse(deleted=deleted)
+
+    async def LookupAnswer(
+        self, request: memory_pb2.LookupAnswerRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.LookupAnswerResponse:
+        identity = mesh_identity(context)
+        _context_digest(request.context)
+        question = _text(request.question, "question")
+        if not 0 < request.min_score <= 1:
+            raise InvalidArgument("min_score", f"a cosine in (0, 1], got {request.min_score:g}")
+        if not 0 <= request.top_k <= MAX_CACHE_TOP_K:
+            raise InvalidArgument("top_k", f"between 1 and {MAX_CACHE_TOP_K} (0 means 4), got {request.top_k}")
+        found = await self._answers.lookup(identity.tenant, request.context, question, request.min_score,
+                                           request.top_k or 4)
+        ANSWER_CACHE_CALLS.labels("lookup", "found" if found else "none").inc()
+        return memory_pb2.LookupAnswerResponse(
+            answers=[memory_pb2.CachedAnswer(id=entry.id, question=entry.question, answer_json=entry.answer,
+                                             score=score, created_at=from_milliseconds(entry.created_at_ms),
+                                             expires_at=from_milliseconds(entry.expires_at_ms))
+                     for entry, score in found],
+            embedding_model=self._embedder.model_id)
+
+    async def StoreAnswer(
+        self, request: memory_pb2.StoreAnswerRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.StoreAnswerResponse:
+        identity = mesh_identity(context)
+        _context_digest(request.context)
+        question = _text(request.question, "question")
+        if not 0 < len(request.answer_json.encode()) <= MAX_ANSWER_BYTES:
+            raise InvalidArgument("answer_json", f"1 to {MAX_ANSWER_BYTES:,} bytes")
+        if not 0 < request.ttl_seconds <= MAX_ANSWER_TTL_SECONDS:
+            raise InvalidArgument("ttl_seconds", f"1 to {MAX_ANSWER_TTL_SECONDS:,}, got {request.ttl_seconds}")
+        if len(request.user_id.encode()) > 128:
+            raise InvalidArgument("user_id", "at most 128 bytes")
+        entry = await self._answers.store(identity.tenant, request.context, request.user_id, question,
+                                          request.answer_json, request.ttl_seconds)
+        ANSWER_CACHE_CALLS.labels("store", "ok").inc()
+        return memory_pb2.StoreAnswerResponse(id=entry.id)
+
+    async def ClearAnswers(
+        self, request: memory_pb2.ClearAnswersRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ClearAnswersResponse:
+        identity = mesh_identity(context)
+        return memory_pb2.ClearAnswersResponse(deleted=await self._answers.clear(identity.tenant))
 
     async def UpsertDocument(
         self, request: memory_pb2.UpsertDocumentRequest, context: grpc.aio.ServicerContext
@@ -278,6 +330,11 @@ def _texts(texts: list[str], field: str) -> list[str]:
     return [_text(text, f"{field}[{index}]") for index, text in enumerate(texts)]
 
 
+def _context_digest(value: str) -> None:
+    if not _CONTEXT.fullmatch(value):
+        raise InvalidArgument("context", "the context's sha256 digest: 64 lowercase hex characters")
+
+
 def _text(text: str, field: str) -> str:
     if not text.strip():
         raise InvalidArgument(field, "must not be empty")
@@ -297,9 +354,8 @@ def _history_entry(change: dict[str, Any]) -> memory_pb2.FactHistoryEntry:
 
 
 def _record(record: MemoryRecord) -> memory_pb2.MemoryRecord:
-    created = Timestamp()
-    created.FromMilliseconds(record.created_at_ms)
     return memory_pb2.MemoryRecord(
         id=record.id, user_id=record.user, session_id=record.session, kind=_KIND_VALUES[record.kind],
-        text=record.text, source_ids=record.source_ids, created_at=created, embedding_model=record.model,
+        text=record.text, source_ids=record.source_ids, created_at=from_milliseconds(record.created_at_ms),
+        embedding_model=record.model,
     )

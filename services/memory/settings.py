@@ -35,4 +35,8 @@ class MemorySettings(MoteurSettings):
     fact_extractor: Literal["auto", "rules"] = Field(
         "auto", description="auto: a model through the router, the rules when it finds nothing; rules: rules only."
     )
+    answer_cache_max_per_context: int = Field(
+        512, ge=1, le=100_000, description="Answers the response cache keeps per tenant and context in its "
+        "in-process mirror (a Lite file); the oldest go first."
+    )
     extraction_timeout_seconds: float = Field(30.0, gt=0, description="Longest a model may take to extract facts.")

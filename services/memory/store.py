@@ -41,11 +41,11 @@ class VectorStore:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus")
         self._client: MilvusClient | None = None
 
-    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, lambda: fn(*args, **kwargs))
 
     async def open(self) -> None:
-        await self._run(self._open)
+        await self.run(self._open)
 
     def _open(self) -> None:
         client = MilvusClient(self.uri)
@@ -86,7 +86,7 @@ class VectorStore:
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._run(self._client.close)
+            await self.run(self._client.close)
         self._thread.shutdown(wait=False)
 
     @property
@@ -96,14 +96,14 @@ class VectorStore:
 
     async def upsert(self, records: Sequence[MemoryRecord], vectors: np.ndarray) -> None:
         rows = [record.to_row(vector) for record, vector in zip(records, vectors, strict=True)]
-        await self._run(self.client.upsert, COLLECTION, rows)
+        await self.run(self.client.upsert, COLLECTION, rows)
         if self.mirror is not None:
             self.mirror.put(records, np.asarray(vectors, dtype=np.float32))
 
     async def search(self, vector: np.ndarray, where: SearchFilter, top_k: int, min_score: float) -> list[Hit]:
         if self.mirror is not None:
             return self.mirror.search(np.asarray(vector, dtype=np.float32), where, top_k, min_score)
-        results = await self._run(
+        results = await self.run(
             self.client.search, COLLECTION, [vector.tolist()], limit=top_k, filter=where.expression(),
             output_fields=_FIELDS, search_params={"metric_type": "COSINE", "params": self._search_params},
         )
@@ -114,7 +114,7 @@ class VectorStore:
         """How many of the tenant's vectors each embedding model made."""
         if self.mirror is not None:
             return self.mirror.models(tenant)
-        rows = await self._run(self.client.query, COLLECTION, filter=SearchFilter(tenant=tenant).expression(),
+        rows = await self.run(self.client.query, COLLECTION, filter=SearchFilter(tenant=tenant).expression(),
                                output_fields=["model"], limit=16_384)
         return Counter(r["model"] for r in rows)
 
@@ -122,7 +122,7 @@ class VectorStore:
         """How many vectors, of every tenant, another model than ``model`` made."""
         if self.mirror is not None:
             return self.mirror.count_made_by_others(model)
-        rows = await self._run(self.client.query, COLLECTION, filter=f"model != {json.dumps(model)}",
+        rows = await self.run(self.client.query, COLLECTION, filter=f"model != {json.dumps(model)}",
                                output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
 
@@ -139,7 +139,7 @@ class VectorStore:
                 found += self.mirror.made_by_others(model, kinds, wanted)
                 continue
             expression = f"model != {json.dumps(model)} and kind in {json.dumps(kinds)}"
-            rows = await self._run(self.client.query, COLLECTION, filter=expression, output_fields=_FIELDS,
+            rows = await self.run(self.client.query, COLLECTION, filter=expression, output_fields=_FIELDS,
                                    limit=wanted)
             found += [MemoryRecord.from_row(r) for r in rows]
         return found
@@ -159,7 +159,7 @@ class VectorStore:
                 self.client.upsert(COLLECTION, [now[i].to_row(vectors[i]) for i in keep])
             return keep
 
-        kept = await self._run(check_and_write)
+        kept = await self.run(check_and_write)
         if kept and self.mirror is not None:
             self.mirror.put([now[i] for i in kept], np.asarray(vectors, dtype=np.float32)[kept])
         return len(kept)
@@ -167,7 +167,7 @@ class VectorStore:
     async def get(self, where: SearchFilter, limit: int = 1000) -> list[MemoryRecord]:
         if self.mirror is not None:  # the mirror holds every record: no round trip to the Lite engine
             return self.mirror.matching(where, limit)
-        rows = await self._run(self.client.query, COLLECTION, filter=where.expression(), output_fields=_FIELDS,
+        rows = await self.run(self.client.query, COLLECTION, filter=where.expression(), output_fields=_FIELDS,
                                limit=limit)
         return [MemoryRecord.from_row(r) for r in rows]
 
@@ -181,7 +181,7 @@ class VectorStore:
                 raise NotFound(f"memories not found: {', '.join(missing[:10])}")
         if not found:
             return 0
-        await self._run(self.client.delete, COLLECTION, ids=[r.id for r in found])
+        await self.run(self.client.delete, COLLECTION, ids=[r.id for r in found])
         if self.mirror is not None:
             self.mirror.drop(where.tenant, [r.id for r in found])
         return len(found)

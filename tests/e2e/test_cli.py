@@ -85,6 +85,18 @@ def test_an_admin_key_sets_and_shows_limits_and_lists_alerts(cli_env, monkeypatc
     assert runner.invoke(app, ["usage", "--by", "user"]).exit_code == 0
 
 
+def test_an_admin_key_turns_the_response_cache_on_and_off(cli_env, monkeypatch) -> None:
+    created = runner.invoke(app, ["keys", "create", "--tenant", "cyberdyne", "--admin"])
+    monkeypatch.setenv("MOTEUR_API_KEY", re.search(r"mot_\S+", created.output).group(0))
+    on = runner.invoke(app, ["tenant", "set", "--cache", "--cache-type", "chat", "--cache-ttl", "600"])
+    assert on.exit_code == 0, on.output
+    assert "response cache: on (chat; answers kept 600 s)" in runner.invoke(app, ["tenant", "show"]).output
+    unknown = runner.invoke(app, ["tenant", "set", "--cache", "--cache-type", "poetry"])
+    assert unknown.exit_code == 1 and "poetry" in unknown.output
+    off = runner.invoke(app, ["tenant", "set", "--no-cache"])
+    assert off.exit_code == 0 and "response cache: off" in off.output
+
+
 def test_tools_lists_the_tenants_tools_and_chat_shows_the_calls(cli_env, mcp_ready) -> None:
     listed = runner.invoke(app, ["tools"])
     assert listed.exit_code == 0, listed.output

@@ -111,7 +111,7 @@ async def _until(check: object, seconds: float = 15) -> None:
 
 
 async def _scripted_load(stack: LocalStack) -> None:
-    key = await bench_key(stack, "obs", "olga", memory=True)
+    key = await bench_key(stack, "obs", "olga", memory=True, cache=True)
     # A daily quota of 150 tokens: a few short turns cross its 80 % threshold (quota alerts), then it refuses.
     small_quota = GENEROUS.model_copy(update={"tokens_per_day": 150})
     quota_key = await bench_key(stack, "obs-quota", "quentin", limits=small_quota)
@@ -128,6 +128,11 @@ async def _scripted_load(stack: LocalStack) -> None:
         async for _ in client.chat_stream("Stream this.", model_hint="instant", timeout=30):
             pass
         await client.search_memories("lighthouse")
+
+        async def answered_from_cache() -> bool:  # the response cache: a miss kept, then a hit
+            return (await client.chat("What is the capital of France?", model_hint="instant", timeout=30)).cached
+
+        await _until(answered_from_cache)
         # The OpenAI-compatible HTTP API: a completion and the models.
         async with httpx.AsyncClient(base_url=stack.http_url, headers={"authorization": f"Bearer {key}"}) as http:
             completion = await http.post("/chat/completions", json={

@@ -6,6 +6,8 @@ settings needs an admin key of the tenant.
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
@@ -16,6 +18,7 @@ from moteur.gateway.api import convert
 from moteur.gateway.api.rpc import Context, admin_only, authenticated
 from moteur.gateway.auth import Authenticator
 from moteur.gateway.limits import LimitScope, LimitSet
+from moteur.gateway.response_cache import ResponseCache
 from moteur.gateway.tenants import TenantSettings
 from moteur.gateway.usage import GROUPS, TokenUsage, UsageLedger, usage_report
 from moteur.runtime.api_keys import ApiKeyStore
@@ -28,7 +31,8 @@ from moteur.v1 import gateway_pb2
 
 class AdminRpcs:
     def __init__(self, auth: Authenticator, keys: ApiKeyStore, usage: UsageLedger, admission: AdmissionControl,
-                 tenants: TenantSettings) -> None:
+                 tenants: TenantSettings, cache: ResponseCache) -> None:
+        self._cache = cache
         self.auth = auth
         self._keys = keys
         self._usage = usage
@@ -97,9 +101,17 @@ class AdminRpcs:
     async def SetTenantSettings(self, request: gateway_pb2.TenantSettings, identity: Identity,
                                 context: Context) -> gateway_pb2.TenantSettings:
         fields = ("memory_recall", "fact_extraction", "message_memory")
+        was = await self._tenants.get(identity.tenant)
+        cache = convert.cache_policy(request.response_cache) if request.HasField("response_cache") else None
+        if cache is not None:
+            turned_on = cache.enabled and not was.response_cache.enabled
+            cache = replace(cache, since_ms=int(time.time() * 1000) if turned_on else was.response_cache.since_ms)
         switches = await self._tenants.set(
-            identity.tenant, **{f: getattr(request, f) if request.HasField(f) else None for f in fields}
+            identity.tenant, cache, **{f: getattr(request, f) if request.HasField(f) else None for f in fields}
         )
+        if was.response_cache.enabled and not switches.response_cache.enabled:
+            # Unreachable already (the digest holds when the cache was turned on): this frees the space.
+            await self._cache.clear(identity)
         return convert.tenant_settings(switches)
 
     async def _limit_scope(self, identity: Identity, name: str) -> LimitScope:

@@ -14,7 +14,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from moteur.gateway import validation as check
 from moteur.gateway.rendering import check_format
 from moteur.gateway.sessions import Session, StoredMessage, parse_session_id
-from moteur.gateway.tenants import TenantSwitches
+from moteur.gateway.tenants import (
+    DEFAULT_CACHE_TTL_SECONDS,
+    MAX_CACHE_TTL_SECONDS,
+    MIN_CACHE_TTL_SECONDS,
+    CachePolicy,
+    TenantSwitches,
+)
 from moteur.gateway.tooling import client_tools, tool_choice
 from moteur.gateway.turns import (
     REQUIRES_ACTION,
@@ -58,6 +64,7 @@ def turn_input(identity: Identity, request: gateway_pb2.ChatRequest) -> TurnInpu
                                            check.MAX_IDEMPOTENCY_KEY_CHARS),
         metadata=check.metadata(request.metadata.entries),
         use_memory=request.use_memory if request.HasField("use_memory") else True,
+        use_cache=request.use_cache if request.HasField("use_cache") else True,
         use_tools=request.use_tools if request.HasField("use_tools") else True,
         tool_choice=tool_choice(request.tool_choice),
         client_tools=client_tools(request.client_tools),
@@ -124,8 +131,29 @@ def session(stored: Session) -> gateway_pb2.Session:
 
 
 def tenant_settings(switches: TenantSwitches) -> gateway_pb2.TenantSettings:
-    return gateway_pb2.TenantSettings(memory_recall=switches.memory_recall, fact_extraction=switches.fact_extraction,
-                                      message_memory=switches.message_memory)
+    cache = switches.response_cache
+    return gateway_pb2.TenantSettings(
+        memory_recall=switches.memory_recall, fact_extraction=switches.fact_extraction,
+        message_memory=switches.message_memory,
+        response_cache=gateway_pb2.ResponseCacheSettings(
+            enabled=cache.enabled, ttl_seconds=cache.ttl_seconds,
+            request_types=[cast(common_pb2.RequestType, t) for t in cache.request_types]),
+    )
+
+
+def cache_policy(given: gateway_pb2.ResponseCacheSettings) -> CachePolicy:
+    """The tenant's response cache as an admin sets it; INVALID_ARGUMENT naming the field otherwise."""
+    if given.ttl_seconds and not MIN_CACHE_TTL_SECONDS <= given.ttl_seconds <= MAX_CACHE_TTL_SECONDS:
+        raise InvalidArgument("response_cache.ttl_seconds", f"{MIN_CACHE_TTL_SECONDS} to {MAX_CACHE_TTL_SECONDS:,} "
+                                                            f"(0 means {DEFAULT_CACHE_TTL_SECONDS:,}), got "
+                                                            f"{given.ttl_seconds}")
+    known = set(common_pb2.RequestType.values()) - {common_pb2.REQUEST_TYPE_UNSPECIFIED}
+    for index, request_type in enumerate(given.request_types):
+        if request_type not in known:
+            names = ", ".join(sorted(common_pb2.RequestType.Name(t) for t in known))
+            raise InvalidArgument(f"response_cache.request_types[{index}]", f"one of {names}")
+    return CachePolicy(given.enabled, tuple(sorted(set(given.request_types))),
+                       given.ttl_seconds or DEFAULT_CACHE_TTL_SECONDS)
 
 
 def chat_response(result: TurnResult) -> gateway_pb2.ChatResponse:
@@ -141,6 +169,7 @@ def chat_response(result: TurnResult) -> gateway_pb2.ChatResponse:
         user_message_id=result.user_message_id,
         idempotent_replay=result.replay,
         route=common_pb2.Metadata(entries=result.route),
+        cached=result.route.get("cache") == "hit",
     )
 
 

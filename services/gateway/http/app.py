@@ -107,7 +107,10 @@ class HttpApi:
         async with self.admission.chat_turn(identity, turn) as admitted:
             result = await self.conversation.chat(identity, scope, turn)
             await admitted.settle_turn(result)
-        return JSONResponse(completions.completion(result), headers=_headers(admitted, result.session_id))
+        headers = _headers(admitted, result.session_id)
+        if "cache" in result.route:
+            headers["x-moteur-cache"] = result.route["cache"]
+        return JSONResponse(completions.completion(result), headers=headers)
 
     async def _continued(self, identity: Identity, session_id: str, asked: ChatCompletionRequest) -> Response:
         """A session's turn waiting for the caller's tools, continued with their results (SubmitToolResults). Its
@@ -155,7 +158,8 @@ class HttpApi:
                             answered_by = event.answer.model
                             last = completions.final_delta(event)
                             yield _event(completions.chunk(stream_id, created, answered_by, last,
-                                                           completions.finish_reason(event)))
+                                                           completions.finish_reason(event))
+                                         | {"moteur": completions.moteur_part(event)})
                             if include_usage:
                                 yield _event(completions.chunk(stream_id, created, answered_by, {},
                                                                used=completions.usage(event)))

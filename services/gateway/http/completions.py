@@ -146,6 +146,7 @@ def turn_input(identity: Identity, request: ChatCompletionRequest, headers: Mapp
         idempotency_key=check.text_at_most(headers.get("idempotency-key", ""), "idempotency-key",
                                            check.MAX_IDEMPOTENCY_KEY_CHARS),
         use_memory=headers.get("x-moteur-memory", "on").strip().lower() != "off",
+        use_cache=headers.get("x-moteur-cache", "on").strip().lower() != "off",
         tool_choice=_tool_choice(request.tool_choice),
         client_tools=client_tools([gateway_pb2.ToolSpec(name=t.function.name, description=t.function.description,
                                                         input_schema_json=json.dumps(t.function.parameters))
@@ -247,8 +248,14 @@ def completion(result: TurnResult, created: int | None = None) -> dict[str, Any]
         "choices": [{"index": 0, "message": _message(result), "finish_reason": finish_reason(result),
                      "logprobs": None}],
         "usage": usage(result),
-        "moteur": {"session_id": result.session_id, "route": dict(result.route)},
+        "moteur": moteur_part(result),
     }
+
+
+def moteur_part(result: TurnResult) -> dict[str, Any]:
+    """What moteur adds to OpenAI's shape: the session, the route, and whether the response cache answered
+    ("hit", "miss", or "off" when it was not asked)."""
+    return {"session_id": result.session_id, "route": dict(result.route), "cache": result.route.get("cache", "off")}
 
 
 def usage(result: TurnResult) -> dict[str, int]:
