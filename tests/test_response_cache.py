@@ -40,10 +40,11 @@ def test_a_near_miss_is_another_question(first: str, second: str) -> None:
     assert not same_question(first, second)
 
 
-def _context(cache: ResponseCache, turn: TurnInput, policy: CachePolicy = CachePolicy(enabled=True),
+def _context(cache: ResponseCache, turn: TurnInput, policy: CachePolicy | None = None,
              prompt: tuple[router_pb2.PromptMessage, ...] = (), tools: tuple[router_pb2.ModelTool, ...] = (),
              tenant: str = "acme", tier: str = "standard") -> str | None:
-    return cache.context(Identity(tenant=tenant, tier=tier, user="ana"), turn, policy, list(prompt), list(tools))
+    return cache.context(Identity(tenant=tenant, tier=tier, user="ana"), turn, policy or CachePolicy(enabled=True),
+                         list(prompt), list(tools))
 
 
 def test_the_context_digest_changes_with_what_the_answer_depends_on() -> None:
