@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import tempfile
 import time
@@ -33,12 +34,23 @@ THRESHOLDS = (0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 ANSWER_PREFIX = "instant answer to: "
 
 
+_FRENCH = re.compile(r"\b(?:est|sont|la|le|les|des|du|une|quel|quelle|quels|comment|combien|pourquoi|qu'|en|dans)\b",
+                     re.IGNORECASE)
+
+
 @dataclass(frozen=True, slots=True)
 class Group:
     id: str
     question: str
     paraphrases: tuple[str, ...]
     near_misses: tuple[str, ...]
+
+    @property
+    def retyped(self) -> str:
+        """The question typed again as people do: lower case, no final mark, a politeness added — what a cache
+        sees most (a question asked again, a retry, the same FAQ)."""
+        please = "s'il vous plaît" if _FRENCH.search(self.question) else "please"
+        return f"{self.question.rstrip(' ?.!').lower()}, {please}"
 
 
 def load_groups(path: Path = EVALS) -> list[Group]:
@@ -51,11 +63,13 @@ def calibrate(groups: list[Group]) -> str:
     group are in the other language)."""
     model = E5Embeddings()
     rows: list[tuple[str, bool, float, bool]] = []  # kind, same language, cosine, same words
+    retyped: list[float] = []  # cosines of the questions typed again (the same words by construction)
     for group in groups:
-        texts = [group.question, *group.paraphrases, *group.near_misses]
+        texts = [group.question, *group.paraphrases, *group.near_misses, group.retyped]
         vectors = model.embed_array(texts, query=True)
         cosines = vectors[1:] @ vectors[0]
-        for n, (text, cosine) in enumerate(zip(texts[1:], cosines, strict=True)):
+        retyped.append(float(cosines[-1]))
+        for n, (text, cosine) in enumerate(zip(texts[1:-1], cosines[:-1], strict=True)):
             paraphrase = n < len(group.paraphrases)
             last = n == len(group.paraphrases) - 1 or n == len(texts) - 2
             rows.append(("paraphrase" if paraphrase else "near miss", not last, float(cosine),
@@ -67,15 +81,16 @@ def calibrate(groups: list[Group]) -> str:
              f"{len(near)} near misses; highest near miss {max(r[2] for r in near):.4f}, "
              f"paraphrase median {statistics.median(r[2] for r in paraphrases):.4f}",
              f"{'threshold':>9} | {'cosine: hits':>12} {'false':>6} | {'+ words: hits':>13} {'same lang':>9} "
-             f"{'false':>6}"]
+             f"{'false':>6} | {'retyped: hits':>13}"]
     for threshold in THRESHOLDS:
         hits = sum(r[2] >= threshold for r in paraphrases) / len(paraphrases)
         false = sum(r[2] >= threshold for r in near)
         worded = sum(r[2] >= threshold and r[3] for r in paraphrases) / len(paraphrases)
         worded_same = sum(r[2] >= threshold and r[3] for r in same_language) / len(same_language)
         worded_false = sum(r[2] >= threshold and r[3] for r in near)
+        again = sum(cosine >= threshold for cosine in retyped) / len(retyped)
         lines.append(f"{threshold:9.2f} | {hits:12.0%} {false:6d} | {worded:13.0%} {worded_same:9.0%} "
-                     f"{worded_false:6d}")
+                     f"{worded_false:6d} | {again:13.0%}")
     return "\n".join(lines)
 
 
@@ -102,8 +117,16 @@ async def through_the_mesh(stack: LocalStack, groups: list[Group]) -> str:
         hits: list[float] = []
         misses: list[float] = []
         plain: list[float] = []
-        paraphrase_hits = false_hits = asked_paraphrases = asked_near = 0
+        paraphrase_hits = false_hits = asked_paraphrases = asked_near = retyped_hits = 0
         for group in groups:
+            response, seconds = await _chat(stub, cached_key, group.retyped)
+            plain.append((await _chat(stub, plain_key, group.retyped))[1])
+            if response.cached and response.message.content == ANSWER_PREFIX + group.question:
+                retyped_hits += 1
+                hits.append(seconds)
+            else:
+                false_hits += response.cached
+                misses.append(seconds)
             for text in group.paraphrases:
                 asked_paraphrases += 1
                 response, seconds = await _chat(stub, cached_key, text)
@@ -130,13 +153,37 @@ async def through_the_mesh(stack: LocalStack, groups: list[Group]) -> str:
         return f"{statistics.median(values) * 1000:.1f} ms" if values else "-"
 
     return "\n".join([
+        f"questions typed again answered from the cache: {retyped_hits}/{len(groups)}",
         f"paraphrases answered from the cache: {paraphrase_hits}/{asked_paraphrases} "
         f"({paraphrase_hits / asked_paraphrases:.0%}); false hits: {false_hits} "
-        f"(of {asked_near} near misses and {asked_paraphrases} paraphrases)",
+        f"(of {asked_near} near misses, {asked_paraphrases} paraphrases and {len(groups)} questions typed again)",
         f"p50 of a turn: hit {p50(hits)} ({len(hits)}), miss {p50(misses)} ({len(misses)}), "
         f"same turns without the cache {p50(plain)} ({len(plain)}); "
         f"a miss adds {_added(misses, plain)} (the lookup)",
     ])
+
+
+async def with_recall(stack: LocalStack, groups: list[Group]) -> str:
+    """What a miss costs when recall is on: recall embeds the question first, so the lookup finds its vector in
+    memory's embedding cache and pays only the call and the search."""
+    cached_key = await bench_key(stack, "bench-recall-cache", "bench-user", memory=True, cache=True)
+    plain_key = await bench_key(stack, "bench-recall", "bench-user", memory=True)
+    misses: list[float] = []
+    plain: list[float] = []
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        for group in groups:
+            for text in group.paraphrases[:2]:  # alternating, so that drift weighs on both alike
+                response, seconds = await _chat(stub, cached_key, text)
+                if not response.cached:
+                    misses.append(seconds)
+                plain.append((await _chat(stub, plain_key, text))[1])
+
+    def p50(values: list[float]) -> str:
+        return f"{statistics.median(values) * 1000:.1f} ms" if values else "-"
+
+    return (f"with recall on: miss {p50(misses)} ({len(misses)}), the same turns without the cache {p50(plain)} "
+            f"({len(plain)}); a miss adds {_added(misses, plain)}")
 
 
 def _added(misses: list[float], plain: list[float]) -> str:
@@ -154,6 +201,7 @@ def main() -> dict[str, str]:
         options = StackOptions(data_dir=Path(data_dir), model_server=False, service_env={"MOTEUR_LOG_LEVEL": "WARNING"})
         with LocalStack(options) as stack:
             mesh = asyncio.run(through_the_mesh(stack, groups))
+            mesh += "\n" + asyncio.run(with_recall(stack, groups))
     print("Through the mesh (gateway Chat, instant model, threshold MOTEUR_RESPONSE_CACHE_MIN_SCORE):")
     print(mesh)
     return {"calibration": table, "mesh": mesh}

@@ -316,7 +316,8 @@ async def test_a_model_that_answers_on_the_last_round_is_not_stopped(harness: Ha
 
 async def test_a_call_to_the_callers_tool_waits_for_its_result_then_the_turn_goes_on(harness: Harness) -> None:
     harness.router.script = [calls(("", "crm_lookup", '{"email": "ada@example.com"}'))]
-    turn = question("Is Ada a customer?", use_tools=False, client_tools=(LOOKUP,))
+    turn = question("Is Ada a customer?", use_tools=False, client_tools=(LOOKUP,), temperature=0.25, stop=("END",),
+                    json_schema='{"type": "object"}', json_output=True)
 
     waiting = await harness.conversation.chat(IDENTITY, SCOPE, turn)
 
@@ -342,6 +343,9 @@ async def test_a_call_to_the_callers_tool_waits_for_its_result_then_the_turn_goe
     assert result.status != REQUIRES_ACTION and result.answer.content == "Yes, Ada is a customer since 2021."
     resumed = harness.router.requests[1]
     assert prompt_of(resumed)[0] == ("user", "Is Ada a customer?")
+    # The continuation answers the same request: its sampling and the answer's shape are the first one's.
+    assert (resumed.temperature, list(resumed.stop), resumed.json_schema, resumed.json_output) == (
+        0.25, ["END"], '{"type": "object"}', True)
     assert [c.id for c in resumed.messages[1].tool_calls] == ["call_0_0"]
     assert (resumed.messages[-1].tool_call_id, resumed.messages[-1].content) == (
         "call_0_0", '{"customer": true, "since": 2021}')

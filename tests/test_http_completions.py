@@ -68,8 +68,10 @@ def test_response_formats_tools_and_the_routed_model() -> None:
     assert turn.model_hint == "" and turn.max_output_tokens == 64 and json.loads(turn.json_schema) == schema
     assert turn.json_output and [t.name for t in turn.client_tools] == ["clock"] and turn.tool_choice == "clock"
     assert turn.temperature is None and turn.stop == ()
-    sampled = turn_input(ADA, _request(messages=[{"role": "user", "content": "Hi"}], temperature=0.2, stop="###"), {})
-    assert sampled.temperature == 0.2 and sampled.stop == ("###",)
+    sampled = turn_input(ADA, _request(messages=[{"role": "user", "content": "Hi"}], temperature=0.2, stop="###",
+                                       top_p=0.9), {})
+    assert sampled.temperature == 0.2 and sampled.stop == ("###",) and sampled.top_p == 0.9
+    assert turn_input(ADA, _request(messages=[{"role": "user", "content": "Hi"}], n=1), {}).top_p is None
     plain = turn_input(ADA, _request(messages=[{"role": "user", "content": "Hi"}],
                                      response_format={"type": "json_object"}), {})
     assert plain.json_output and plain.json_schema == ""
@@ -86,6 +88,13 @@ def test_response_formats_tools_and_the_routed_model() -> None:
     ({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10**6}, {}, "max_completion_tokens"),
     ({"messages": [{"role": "user", "content": "Hi"}], "temperature": 2.5}, {}, "temperature"),
     ({"messages": [{"role": "user", "content": "Hi"}], "stop": ["a", "b", "c", "d", "e"]}, {}, "stop"),
+    ({"messages": [{"role": "user", "content": "Hi"}], "stop": ["a", ""]}, {}, "stop[1]"),
+    ({"messages": [{"role": "user", "content": "Hi"}], "top_p": 0}, {}, "top_p"),
+    ({"messages": [{"role": "user", "content": "Hi"}], "n": 2}, {}, "n"),
+    ({"messages": [{"role": "user", "content": "Hi"}], "logprobs": True}, {}, "logprobs"),
+    ({"messages": [{"role": "user", "content": "Hi"}], "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 12}}}}, {},
+     "response_format.json_schema.schema"),
     ({"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema"}}, {},
      "response_format.json_schema.schema"),
     ({"messages": [{"role": "user", "content": "Hi"}]}, {"x-moteur-priority": "urgent"}, "x-moteur-priority"),

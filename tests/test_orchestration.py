@@ -422,6 +422,15 @@ async def test_json_output_is_asked_of_the_provider_and_checked(faults: FaultSer
         "type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
 
 
+async def test_sampling_settings_reach_the_provider(faults: FaultServer) -> None:
+    routed = router(faults, [{"name": "plain", "model": "ok"}], chain("plain"))
+    await routed.complete(CompletionRequest(HELLO, temperature=0.3, top_p=0.8, stop=["###"]))
+    sent = faults.requests["ok"][-1]
+    assert (sent["temperature"], sent["top_p"], sent["stop"]) == (0.3, 0.8, ["###"])
+    await routed.complete(CompletionRequest(HELLO))
+    assert "top_p" not in faults.requests["ok"][-1]  # unset: the model's own
+
+
 async def test_routes_follow_request_type_and_conditions_and_render_their_system_prompt(faults: FaultServer) -> None:
     models = [{"name": "coder", "model": "ok:coder"}, {"name": "big", "model": "ok", "context_window": 8192},
               {"name": "general", "model": "ok:general"}]

@@ -84,6 +84,18 @@ def test_the_turn_settings_stored_before_files_and_substitution_load_with_their_
              if k not in ("output_format", "output_template", "allow_model_substitution")}
     settings = TurnSettings.from_doc(older)
     assert (settings.output_format, settings.output_template, settings.allow_model_substitution) == (0, "", False)
+    assert (settings.json_schema, settings.json_output, settings.temperature, settings.stop, settings.top_p) == (
+        "", False, None, (), None)
+
+
+def test_the_answers_shape_and_sampling_are_kept_when_set() -> None:
+    turn = TurnInput("", "ada", "Is Ada a customer?", json_schema='{"type": "object"}', json_output=True,
+                     temperature=0.0, stop=("END",), top_p=0.5)
+    settings = turn.continuation()
+    stored = settings.to_doc()
+    assert (stored["json_schema"], stored["temperature"], stored["stop"], stored["top_p"]) == (
+        '{"type": "object"}', 0.0, ["END"], 0.5)
+    assert TurnSettings.from_doc(stored) == settings
 
 
 def test_a_continued_turn_has_the_settings_of_the_turn_it_continues() -> None:

@@ -54,6 +54,11 @@ class ChatOptions(TypedDict, total=False):
     use_memory: bool | None  # None: the gateway's default (on)
     use_tools: bool | None
     use_cache: bool | None  # None: the tenant's response cache may answer (when the tenant turned it on)
+    temperature: float | None  # 0 to 2; None: the route's
+    top_p: float | None  # (0, 1]; None: the model's
+    stop: Sequence[str]  # up to 4 sequences that end the answer
+    json_schema: str | Mapping[str, Any]  # the answer is JSON valid against this schema (its text, or the schema)
+    json_output: bool  # the answer is a JSON object
     tool_choice: str  # "auto", "none", "required" or a tool's name
     client_tools: Sequence[Mapping[str, Any] | gateway_pb2.ToolSpec]  # [{"name", "description", "input_schema",
     #                                                                     "output_schema"}]: tools the caller runs
@@ -77,7 +82,9 @@ def chat_request(
     metadata: Mapping[str, str] | None = None, idempotency_key: str = "", max_output_tokens: int = 0,
     use_memory: bool | None = None, use_tools: bool | None = None, tool_choice: str = "",
     client_tools: Sequence[Mapping[str, Any] | gateway_pb2.ToolSpec] = (), allow_model_substitution: bool = False,
-    use_cache: bool | None = None,
+    use_cache: bool | None = None, temperature: float | None = None, top_p: float | None = None,
+    stop: Sequence[str] = (),
+    json_schema: str | Mapping[str, Any] = "", json_output: bool = False,
 ) -> gateway_pb2.ChatRequest:
     """The request of a chat turn (its keywords are :class:`ChatOptions`); an unknown enum name is a ValueError."""
     return gateway_pb2.ChatRequest(
@@ -91,7 +98,8 @@ def chat_request(
         idempotency_key=idempotency_key, max_output_tokens=max_output_tokens,
         use_memory=use_memory,  # None: unset, the gateway's default (on)
         use_tools=use_tools, tool_choice=tool_choice, client_tools=[tool_spec(t) for t in client_tools],
-        use_cache=use_cache,
+        use_cache=use_cache, temperature=temperature, top_p=top_p, stop=list(stop),
+        json_schema=json_schema if isinstance(json_schema, str) else json.dumps(json_schema), json_output=json_output,
     )
 
 

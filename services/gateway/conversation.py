@@ -344,6 +344,8 @@ class Conversation:
         )
         if turn.temperature is not None:
             request.temperature = turn.temperature
+        if turn.top_p is not None:
+            request.top_p = turn.top_p
         if offered and not tools_off:
             request.tools.extend(offered)
             # A named or required tool is forced once: after its result, the model answers freely.

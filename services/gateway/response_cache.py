@@ -2,7 +2,7 @@
 answer again without a model call. Opt-in per tenant and request type (TenantSettings.response_cache).
 
 What an answer depends on besides the question is its *context*, digested here and matched exactly: the
-tenant and key tier, request type, model hint, generation settings (temperature, stop, schema, token limit),
+tenant and key tier, request type, model hint, generation settings (temperature, top_p, stop, schema, token limit),
 the router's registry revision (a new registry — models, routes, system prompts — makes every older answer
 unreachable), the tools offered, and the prompt before the question: recalled memories and at most
 ``max_history`` earlier messages (a longer conversation is not cached). The question is looked up by meaning:
@@ -76,8 +76,8 @@ class ResponseCache:
             return None
         digest = hashlib.sha256()
         settings = [identity.tenant, identity.tier, turn.request_type, turn.model_hint, turn.allow_model_substitution,
-                    turn.max_output_tokens, turn.temperature, list(turn.stop), turn.json_schema, turn.json_output,
-                    turn.tool_choice, self._revision(), policy.since_ms]
+                    turn.max_output_tokens, turn.temperature, turn.top_p, list(turn.stop), turn.json_schema,
+                    turn.json_output, turn.tool_choice, self._revision(), policy.since_ms]
         digest.update(json.dumps(settings).encode())
         for part in (*prompt, *tools):
             serialized = part.SerializeToString(deterministic=True)

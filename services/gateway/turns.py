@@ -41,6 +41,7 @@ class TurnInput:
     json_schema: str = ""  # set: the answer is JSON valid against this schema (its JSON text)
     json_output: bool = False  # the answer is a JSON object (any, without a schema)
     temperature: float | None = None  # None: the route's
+    top_p: float | None = None  # None: the model's
     stop: tuple[str, ...] = ()  # sequences that end the answer
     use_cache: bool = True  # the tenant's response cache may answer (when the tenant turned it on)
     # Stateless (the OpenAI API without a session): the conversation so far, as the caller sent it; the turn
@@ -61,7 +62,8 @@ class TurnInput:
         """What a SubmitToolResults needs of this turn's settings."""
         return TurnSettings(self.request_type, self.priority, self.model_hint, self.max_output_tokens,
                             self.use_tools, self.tool_choice, self.client_tools, self.output_format,
-                            self.output_template, self.allow_model_substitution)
+                            self.output_template, self.allow_model_substitution, self.json_schema,
+                            self.json_output, self.temperature, self.stop, self.top_p)
 
     @classmethod
     def continued(cls, session: Session, question: str, saved: TurnSettings) -> TurnInput:
@@ -69,7 +71,9 @@ class TurnInput:
                    saved.model_hint, saved.max_output_tokens, use_memory=False, use_tools=saved.use_tools,
                    tool_choice=saved.tool_choice, client_tools=saved.client_tools,
                    output_format=saved.output_format, output_template=saved.output_template,
-                   allow_model_substitution=saved.allow_model_substitution)
+                   allow_model_substitution=saved.allow_model_substitution, json_schema=saved.json_schema,
+                   json_output=saved.json_output, temperature=saved.temperature, stop=saved.stop,
+                   top_p=saved.top_p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,20 +92,34 @@ class TurnSettings:
     output_format: int = common_pb2.FILE_FORMAT_UNSPECIFIED
     output_template: str = ""
     allow_model_substitution: bool = False
+    # The answer's shape and sampling, as the first request asked (the continuation answers the same request).
+    json_schema: str = ""
+    json_output: bool = False
+    temperature: float | None = None
+    stop: tuple[str, ...] = ()
+    top_p: float | None = None
 
     def to_doc(self) -> dict[str, Any]:
         return {"request_type": self.request_type, "priority": self.priority, "model_hint": self.model_hint,
                 "max_output_tokens": self.max_output_tokens, "use_tools": self.use_tools,
                 "allow_model_substitution": self.allow_model_substitution,
                 "tool_choice": self.tool_choice, "client_tools": [t.to_doc() for t in self.client_tools],
-                "output_format": self.output_format, "output_template": self.output_template}
+                "output_format": self.output_format, "output_template": self.output_template,
+                **self._generation_doc()}
+
+    def _generation_doc(self) -> dict[str, Any]:
+        """The answer's shape and sampling, only where the request set them (most turns set none)."""
+        given = {"json_schema": self.json_schema or None, "json_output": self.json_output or None,
+                 "temperature": self.temperature, "stop": list(self.stop) or None, "top_p": self.top_p}
+        return {name: value for name, value in given.items() if value is not None}  # a temperature of 0 is set
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> TurnSettings:
         return cls(doc["request_type"], doc["priority"], doc["model_hint"], doc["max_output_tokens"],
                    doc["use_tools"], doc["tool_choice"], tuple(ClientTool.from_doc(t) for t in doc["client_tools"]),
                    doc.get("output_format", common_pb2.FILE_FORMAT_UNSPECIFIED), doc.get("output_template", ""),
-                   doc.get("allow_model_substitution", False))
+                   doc.get("allow_model_substitution", False), doc.get("json_schema", ""),
+                   doc.get("json_output", False), doc.get("temperature"), tuple(doc.get("stop", ())), doc.get("top_p"))
 
 
 @dataclass(frozen=True, slots=True)

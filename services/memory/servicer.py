@@ -171,8 +171,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         self, request: memory_pb2.LookupAnswerRequest, context: grpc.aio.ServicerContext
     ) -> memory_pb2.LookupAnswerResponse:
         identity = mesh_identity(context)
-        _context_digest(request.context)
-        question = _text(request.question, "question")
+        question = _cache_question(request)
         if not 0 < request.min_score <= 1:
             raise InvalidArgument("min_score", f"a cosine in (0, 1], got {request.min_score:g}")
         if not 0 <= request.top_k <= MAX_CACHE_TOP_K:
@@ -191,8 +190,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         self, request: memory_pb2.StoreAnswerRequest, context: grpc.aio.ServicerContext
     ) -> memory_pb2.StoreAnswerResponse:
         identity = mesh_identity(context)
-        _context_digest(request.context)
-        question = _text(request.question, "question")
+        question = _cache_question(request)
         if not 0 < len(request.answer_json.encode()) <= MAX_ANSWER_BYTES:
             raise InvalidArgument("answer_json", f"1 to {MAX_ANSWER_BYTES:,} bytes")
         if not 0 < request.ttl_seconds <= MAX_ANSWER_TTL_SECONDS:
@@ -330,9 +328,11 @@ def _texts(texts: list[str], field: str) -> list[str]:
     return [_text(text, f"{field}[{index}]") for index, text in enumerate(texts)]
 
 
-def _context_digest(value: str) -> None:
-    if not _CONTEXT.fullmatch(value):
+def _cache_question(request: memory_pb2.LookupAnswerRequest | memory_pb2.StoreAnswerRequest) -> str:
+    """The question of a response-cache call, once its context digest is checked."""
+    if not _CONTEXT.fullmatch(request.context):
         raise InvalidArgument("context", "the context's sha256 digest: 64 lowercase hex characters")
+    return _text(request.question, "question")
 
 
 def _text(text: str, field: str) -> str:

@@ -70,6 +70,7 @@ class CompletionRequest:
     tier: str = ""
     max_output_tokens: int = 0  # 0: the route's, else the deployment's default
     temperature: float | None = None
+    top_p: float | None = None
     stop: Sequence[str] = ()
     json_output: bool = False
     json_schema: dict[str, Any] | None = None
@@ -283,6 +284,7 @@ class ModelRouter:
         generation = Generation(
             max_tokens=max_tokens,
             temperature=request.temperature if request.temperature is not None else route.temperature,
+            top_p=request.top_p,
             stop=request.stop, json_output=request.json_output, json_schema=request.json_schema,
             tools=tools, tool_choice=request.tool_choice if tools else "",
         )

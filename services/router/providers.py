@@ -88,6 +88,7 @@ class Generation:
 
     max_tokens: int
     temperature: float | None = None
+    top_p: float | None = None
     stop: Sequence[str] = ()
     json_output: bool = False
     json_schema: dict[str, Any] | None = None
@@ -267,7 +268,8 @@ class OpenAICompatibleProvider(LangChainProvider):
 
     def _bind(self, generation: Generation) -> Bound:
         # Copying the chat model costs more than the rest of the router's work: keep the few in use.
-        key = (generation.max_tokens, generation.temperature, tuple(generation.stop), generation.json_output,
+        key = (generation.max_tokens, generation.temperature, generation.top_p, tuple(generation.stop),
+               generation.json_output,
                json.dumps(generation.json_schema, sort_keys=True), generation.tools_key())
         bound = self._bound.get(key)
         if bound is None:
@@ -298,6 +300,7 @@ class OpenAICompatibleProvider(LangChainProvider):
         return self._chat.model_copy(update={
             "extra_body": extra,
             "temperature": generation.temperature,
+            "top_p": generation.top_p,
             "stop": list(generation.stop or self.deployment.stop) or None,
         })
 
@@ -319,6 +322,7 @@ class AnthropicProvider(LangChainProvider):
         chat = self._chat.model_copy(update={
             "max_tokens": generation.max_tokens,
             "temperature": generation.temperature,
+            "top_p": generation.top_p,
             "stop_sequences": list(generation.stop or self.deployment.stop) or None,
         })
         return _with_tools(chat, generation, required="any")  # Anthropic's word for "some tool"

@@ -99,6 +99,8 @@ def _from_proto(request: router_pb2.CompleteRequest, tier: str) -> CompletionReq
         raise InvalidArgument("max_output_tokens", f"must be between 0 and {MAX_OUTPUT_TOKENS}")
     if request.HasField("temperature") and not 0 <= request.temperature <= 2:
         raise InvalidArgument("temperature", "must be between 0 and 2")
+    if request.HasField("top_p") and not 0 < request.top_p <= 1:
+        raise InvalidArgument("top_p", "must be above 0 and at most 1")
     if len(request.stop) > 4:
         raise InvalidArgument("stop", "at most 4 stop sequences")
     if request.request_type and request.request_type not in _TYPES:
@@ -114,6 +116,7 @@ def _from_proto(request: router_pb2.CompleteRequest, tier: str) -> CompletionReq
         tier=tier,
         max_output_tokens=request.max_output_tokens,
         temperature=request.temperature if request.HasField("temperature") else None,
+        top_p=request.top_p if request.HasField("top_p") else None,
         stop=list(request.stop),
         json_output=request.json_output or bool(request.json_schema),
         json_schema=_schema(request.json_schema) if request.json_schema else None,

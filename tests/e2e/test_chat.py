@@ -13,6 +13,7 @@ import pytest
 from moteur.client import MoteurClientError
 from moteur.devstack.models import CHAT_MODEL, SECOND_MODEL
 from moteur.devstack.stack import LocalStack
+from moteur.runtime.ids import new_id
 from moteur.v1 import common_pb2
 
 
@@ -196,3 +197,18 @@ async def test_gateway_metrics_count_turns_and_tokens(stack, alice) -> None:
     assert _metric(stack, "gateway", "moteur_chat_turns_total", model="instant", outcome="ok") == before + 1
     tokens = _metric(stack, "gateway", "moteur_chat_tokens_total", model="instant", direction="output")
     assert tokens >= reply.usage.output_tokens > 0
+
+
+async def test_a_json_schema_temperature_and_stop_reach_the_model_over_grpc(make_caller) -> None:
+    caller = await make_caller(f"gen-{new_id().lower()}", "jo")
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    reply = await caller.client.chat("Name a river.", model_hint="instant", json_schema=schema, temperature=0.2,
+                                     stop=["\n\n"])
+    assert json.loads(reply.message.content) == {"answer": "Name a river."}
+    refusals = [({"temperature": 3.0}, "temperature"), ({"stop": ["end"] * 5}, "stop"), ({"stop": [""]}, "stop[0]"),
+                ({"json_schema": '{"type": 12}'}, "json_schema"), ({"json_schema": "[1, 2]"}, "json_schema")]
+    for options, field in refusals:
+        with pytest.raises(MoteurClientError) as refused:
+            await caller.client.chat("Name a river.", model_hint="instant", **options)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT, options
+        assert field in str(refused.value), (options, str(refused.value))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -155,3 +158,38 @@ async def test_what_was_on_its_way_when_a_user_was_forgotten_does_not_bring_them
     # Another user of the tenant, never forgotten, is not affected by the first one's forgetting.
     assert await _upsert(memory, tenant, memory_pb2.MemoryRecord(
         id=before_id, user_id="v", kind=MESSAGE, text="user: hello", created_at=before)) == [before_id]
+
+
+async def test_cached_answers_are_found_by_meaning_within_their_tenant_and_context_until_they_expire(memory) -> None:
+    tenant, other = f"ans-{new_id()}", f"ans-{new_id()}"
+    context = hashlib.sha256(tenant.encode()).hexdigest()
+    kept = await memory.StoreAnswer(memory_pb2.StoreAnswerRequest(
+        context=context, question="Quelle est la capitale de la France ?", answer_json='{"content": "Paris"}',
+        ttl_seconds=2, user_id="ana"), metadata=_mesh(tenant), timeout=30)
+
+    async def lookup(tenant_: str, question: str, context_: str = context) -> memory_pb2.LookupAnswerResponse:
+        return await memory.LookupAnswer(memory_pb2.LookupAnswerRequest(
+            context=context_, question=question, min_score=0.9), metadata=_mesh(tenant_), timeout=30)
+
+    found = await lookup(tenant, "quelle est la capitale de la france")
+    assert [a.id for a in found.answers] == [kept.id] and found.answers[0].answer_json == '{"content": "Paris"}'
+    assert found.answers[0].score > 0.95 and found.answers[0].question == "Quelle est la capitale de la France ?"
+    assert not (await lookup(other, "Quelle est la capitale de la France ?")).answers  # another tenant
+    assert not (await lookup(tenant, "Quelle est la capitale de la France ?", "0" * 64)).answers  # another context
+    assert not (await lookup(tenant, "How do I bake bread?")).answers  # too far
+    await asyncio.sleep(2.2)
+    assert not (await lookup(tenant, "Quelle est la capitale de la France ?")).answers  # expired
+    refusals = [
+        (memory.LookupAnswer, memory_pb2.LookupAnswerRequest(context="abc", question="x", min_score=0.9), "context"),
+        (memory.LookupAnswer, memory_pb2.LookupAnswerRequest(context=context, question=" ", min_score=0.9),
+         "question"),
+        (memory.LookupAnswer, memory_pb2.LookupAnswerRequest(context=context, question="x"), "min_score"),
+        (memory.StoreAnswer, memory_pb2.StoreAnswerRequest(context=context, question="x", answer_json="{}"),
+         "ttl_seconds"),
+        (memory.StoreAnswer, memory_pb2.StoreAnswerRequest(context=context, question="x", ttl_seconds=60),
+         "answer_json"),
+    ]
+    for method, request, field in refusals:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await method(request, metadata=_mesh(tenant), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (refused.value.details() or "")

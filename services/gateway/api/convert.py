@@ -71,6 +71,11 @@ def turn_input(identity: Identity, request: gateway_pb2.ChatRequest) -> TurnInpu
         output_format=check_format(check.enum_value(common_pb2.FileFormat, request.output_format, "output_format"),
                                    request.output_template),
         output_template=check.text_at_most(request.output_template, "output_template", 64),
+        temperature=check.temperature(request.temperature if request.HasField("temperature") else None),
+        top_p=check.top_p(request.top_p if request.HasField("top_p") else None),
+        stop=check.stop_sequences(request.stop),
+        json_schema=check.json_schema(request.json_schema),
+        json_output=request.json_output or bool(request.json_schema),
     )
 
 

@@ -108,6 +108,9 @@ class ChatCompletionRequest(Body):
     max_tokens: int | None = Field(None, ge=0)
     max_completion_tokens: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = None
+    n: int = 1
+    logprobs: bool = False
     stop: str | list[str] | None = Field(None, max_length=4)
     user: str = ""
 
@@ -137,6 +140,11 @@ def turn_input(identity: Identity, request: ChatCompletionRequest, headers: Mapp
             raise InvalidArgument("user", "required with a service key (one created without --user): the end user "
                                   "the turn is for")
         message, history = _stateless(request.messages)
+    if request.n != 1:
+        raise InvalidArgument("n", f"moteur answers with one choice (n = 1), got {request.n}: send one request per "
+                                   "choice")
+    if request.logprobs:
+        raise InvalidArgument("logprobs", "not available: the models behind moteur do not all give them")
     max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
     schema, json_output = _response_format(request.response_format)
     return TurnInput(
@@ -152,7 +160,8 @@ def turn_input(identity: Identity, request: ChatCompletionRequest, headers: Mapp
                                                         input_schema_json=json.dumps(t.function.parameters))
                                    for t in request.tools]),
         json_schema=schema, json_output=json_output, history=history, temperature=request.temperature,
-        stop=(request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ()),
+        top_p=check.top_p(request.top_p),
+        stop=check.stop_sequences((request.stop,) if isinstance(request.stop, str) else request.stop or ()),
     )
 
 
@@ -234,7 +243,8 @@ def _response_format(response_format: _ResponseFormat | None) -> tuple[str, bool
         return "", True
     if response_format.json_schema is None or not response_format.json_schema.schema_:
         raise InvalidArgument("response_format.json_schema.schema", "required with type json_schema")
-    return json.dumps(response_format.json_schema.schema_), True
+    return check.json_schema(json.dumps(response_format.json_schema.schema_), "response_format.json_schema.schema"), \
+        True
 
 
 # -- responses --------------------------------------------------------------------------------------------
