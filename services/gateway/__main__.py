@@ -99,15 +99,20 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
     )
     outbox.start()
     server = ServerSettings()
-    http = HttpApi(auth, router, conversation, admission, memory, usage, commit).app()
+    http = HttpApi(auth, router, conversation, admission, memory, usage, commit)
+
+    def drain() -> None:  # queued turns are handed back at once, in-flight ones finish; HTTP refuses new ones
+        pools.drain()
+        http.drain()
+
     try:
-        async with serving(http, server.listen_host, settings.http_port, server.drain_seconds):
+        async with serving(http.app(), server.listen_host, settings.http_port, server.drain_seconds):
             yield [
                 Registration(
                     gateway_pb2.DESCRIPTOR.services_by_name["Gateway"],
                     servicer,
                     gateway_pb2_grpc.add_GatewayServicer_to_server,
-                    on_drain=pools.drain,  # queued turns are handed back at once, in-flight ones finish
+                    on_drain=drain,
                 )
             ]
     finally:

@@ -195,8 +195,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
             raise InvalidArgument("answer_json", f"1 to {MAX_ANSWER_BYTES:,} bytes")
         if not 0 < request.ttl_seconds <= MAX_ANSWER_TTL_SECONDS:
             raise InvalidArgument("ttl_seconds", f"1 to {MAX_ANSWER_TTL_SECONDS:,}, got {request.ttl_seconds}")
-        if len(request.user_id.encode()) > 128:
-            raise InvalidArgument("user_id", "at most 128 bytes")
+        _user_id(request.user_id)
         entry = await self._answers.store(identity.tenant, request.context, request.user_id, question,
                                           request.answer_json, request.ttl_seconds)
         ANSWER_CACHE_CALLS.labels("store", "ok").inc()
@@ -215,6 +214,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         document_id = request.document_id or new_id()
         if not _DOCUMENT_ID.fullmatch(document_id):
             raise InvalidArgument("document_id", "1 to 48 characters among letters, digits, '_' and '-'")
+        _user_id(request.user_id)
         if len(request.title) > 256:
             raise InvalidArgument("title", f"at most 256 characters, got {len(request.title):,}")
         if not request.text.strip():
@@ -233,7 +233,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         self, request: memory_pb2.ListMemoriesRequest, context: grpc.aio.ServicerContext
     ) -> memory_pb2.ListMemoriesResponse:
         identity = mesh_identity(context)
-        _required_user(request.user_id, "memories are a user's: name them")
+        _user_id(request.user_id, "memories are a user's: name them")
         size = request.page_size or 50
         if not 1 <= size <= 200:
             raise InvalidArgument("page_size", f"between 1 and 200, got {request.page_size}")
@@ -256,8 +256,10 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         self, request: memory_pb2.ExtractRequest, context: grpc.aio.ServicerContext
     ) -> memory_pb2.ExtractResponse:
         identity = mesh_identity(context)
-        _required_user(request.user_id, "facts are about a user: name them")
+        _user_id(request.user_id, "facts are about a user: name them")
         _text(request.user_message, "user_message")
+        if len(request.session_id.encode()) > 64:
+            raise InvalidArgument("session_id", "at most 64 bytes")
         if len(request.assistant_message) > MAX_REPLY_CHARS:
             raise InvalidArgument("assistant_message", f"at most {MAX_REPLY_CHARS:,} characters")
         created_ms = created_ms_of(request.source_ids)
@@ -278,7 +280,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         self, request: memory_pb2.FactHistoryRequest, context: grpc.aio.ServicerContext
     ) -> memory_pb2.FactHistoryResponse:
         identity = mesh_identity(context)
-        _required_user(request.user_id, "a fact's history is its user's: name them")
+        _user_id(request.user_id, "a fact's history is its user's: name them")
         if not request.id or len(request.id.encode()) > 64:
             raise InvalidArgument("id", "the fact's memory id: 1 to 64 bytes")
         changes = await self._facts.history(identity.tenant, request.user_id, request.id)
@@ -317,9 +319,13 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         raise InvalidArgument("query", "give a text or a vector")
 
 
-def _required_user(user_id: str, why: str) -> None:
-    if not user_id:
-        raise InvalidArgument("user_id", why)
+def _user_id(user_id: str, required: str = "") -> str:
+    """A user id as the collections hold it (at most 128 bytes); ``required`` says why when it may not be empty."""
+    if required and not user_id:
+        raise InvalidArgument("user_id", required)
+    if len(user_id.encode()) > 128:
+        raise InvalidArgument("user_id", "at most 128 bytes")
+    return user_id
 
 
 def _texts(texts: list[str], field: str) -> list[str]:

@@ -77,8 +77,12 @@ def test_each_service_has_a_deployment_a_service_and_its_settings(values: dict[s
         name = f"moteur-{service}"
         assert name in services and name in configs
         container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
-        probe_port = 50060 if values.get("tls", {}).get("enabled") else 50051  # TLS: the plaintext health port
-        assert container["readinessProbe"]["grpc"] == {"port": probe_port}
+        tls = bool(values.get("tls", {}).get("enabled"))
+        probe_port = 50060 if tls else 50051  # TLS: the plaintext health port
+        if service == "gateway" and not tls:  # its HTTP API turns unready as gRPC does, on drain
+            assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        else:
+            assert container["readinessProbe"]["grpc"] == {"port": probe_port}
         assert container["livenessProbe"]["grpc"] == {"port": probe_port}
         assert {"configMapRef": {"name": name}} in container["envFrom"]
         # The mesh calls every pod in turn: the headless Service's name resolves to all of them.
@@ -213,7 +217,9 @@ def test_the_gateway_publishes_its_http_api_when_enabled(enabled: bool) -> None:
         assert {"name": "http", "containerPort": 8181} in container["ports"]
         assert env["MOTEUR_HTTP_PORT"] == "8181" and service_ports["http"] == 8181
         assert {"port": 8181, "protocol": "TCP"} in policy["ports"]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     else:
         assert "http" not in {p["name"] for p in container["ports"]} and "http" not in service_ports
         assert env["MOTEUR_HTTP_PORT"] == "0" and len(policy["ports"]) == 1
+        assert container["readinessProbe"]["grpc"] == {"port": 50051}
     assert service_ports["grpc"] == 50051

@@ -193,3 +193,17 @@ async def test_cached_answers_are_found_by_meaning_within_their_tenant_and_conte
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await method(request, metadata=_mesh(tenant), timeout=30)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (refused.value.details() or "")
+
+
+async def test_a_user_id_longer_than_the_collections_hold_is_refused_naming_it(memory) -> None:
+    tenant, long_user = f"mem-{new_id()}", "u" * 129
+    calls = [
+        (memory.UpsertDocument, memory_pb2.UpsertDocumentRequest(user_id=long_user, text="A short document.")),
+        (memory.Extract, memory_pb2.ExtractRequest(user_id=long_user, user_message="I live in Lyon.")),
+        (memory.List, memory_pb2.ListMemoriesRequest(user_id=long_user)),
+    ]
+    for method, request in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await method(request, metadata=_mesh(tenant), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert "user_id" in (refused.value.details() or "")

@@ -3,7 +3,8 @@
 The same keys (``Authorization: Bearer``), the same errors (in OpenAI's JSON, moteur.gateway.http.errors) and
 the same admission, turn and code behind it as the gRPC API: this layer only translates (completions.py).
 Served: ``POST /v1/chat/completions`` (streamed or not), ``POST /v1/embeddings``, ``GET /v1/models``,
-``GET /healthz``.
+``GET /healthz``. Once the gateway drains, as gRPC refuses new calls, a new request answers 503 with
+``Retry-After`` (another replica answers it) and ``/healthz`` 503, while requests under way finish.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from moteur.gateway.turns import TurnInput, TurnResult, TurnStarted
 from moteur.gateway.usage import TokenUsage, UsageLedger
 from moteur.runtime.channels import call_service
 from moteur.runtime.context import outgoing_timeout, request_id_var
+from moteur.runtime.errors import Unavailable
 from moteur.runtime.group_commit import GroupCommit
 from moteur.runtime.identity import Identity
 from moteur.runtime.ids import new_id
@@ -51,7 +53,7 @@ _tracer = trace.get_tracer("moteur.gateway.http")
 Handler = Callable[[Request, Identity], Awaitable[Response]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HttpApi:
     """What the HTTP API calls: the same parts as the gRPC API."""
 
@@ -62,6 +64,7 @@ class HttpApi:
     memory: memory_pb2_grpc.MemoryStub
     usage: UsageLedger
     commit: GroupCommit
+    draining: bool = False
 
     def app(self) -> Starlette:
         routes = [
@@ -73,7 +76,13 @@ class HttpApi:
         ]
         return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
 
+    def drain(self) -> None:
+        """The gateway is stopping: new requests are refused, those under way finish."""
+        self.draining = True
+
     async def health(self, request: Request) -> Response:
+        if self.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
         return JSONResponse({"status": "serving"})
 
     async def models(self, request: Request, identity: Identity) -> Response:
@@ -183,6 +192,9 @@ class HttpApi:
             request_id = request.headers.get("x-request-id", "")[:64] or new_id()
             with _observed(route, request.method, request_id) as outcome:
                 try:
+                    if self.draining:
+                        raise Unavailable("this gateway replica is shutting down: retry, another one answers",
+                                          retry_after_seconds=1)
                     identity = await self.auth.authenticate_key(
                         api_key(request.headers.get("authorization", ""), request.headers.get("x-api-key", "")))
                     response = await handler(request, identity)

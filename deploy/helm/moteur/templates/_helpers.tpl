@@ -149,7 +149,13 @@ startupProbe:
   periodSeconds: 5
   failureThreshold: {{ max 1 (div .startupSeconds 5) }}
 readinessProbe:
+  {{- if .httpReadiness }}
+  # The gateway's HTTP API answers /healthz from the same process as gRPC and turns 503 when it drains, as gRPC's
+  # health does: a pod whose HTTP door is down leaves both Services' endpoints.
+  httpGet: {path: /healthz, port: http}
+  {{- else }}
   grpc: {port: {{ .port }}}
+  {{- end }}
   periodSeconds: 5
 livenessProbe:
   grpc: {port: {{ .port }}}
