@@ -41,6 +41,7 @@ from moteur.v1 import common_pb2, memory_pb2, memory_pb2_grpc, router_pb2
 
 log = structlog.get_logger("moteur.gateway.response_cache")
 
+
 @dataclass(frozen=True, slots=True)
 class CachedTurn:
     """An answer the cache gave back: what the model said then, and how near its question was."""

@@ -14,7 +14,6 @@ cluster by Milvus itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -28,6 +27,7 @@ from moteur.memory.embeddings import BatchingEmbedder
 from moteur.memory.metrics import ANSWER_CACHE_ENTRIES
 from moteur.memory.store import VectorStore
 from moteur.runtime.ids import new_id
+from moteur.runtime.tasks import cancel_and_wait
 
 log = structlog.get_logger("moteur.memory.answers")
 
@@ -116,10 +116,7 @@ class AnswerCache:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="answer-cache-sweep")
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
 
     def _open(self) -> None:
         client = self._store.client
