@@ -60,7 +60,8 @@ async def build() -> AsyncIterator[Sequence[Registration]]:
                         settings.milvus_index_params, settings.milvus_search_params,
                         {"auto": None, "exact": True, "milvus": False}[settings.milvus_search])
     await store.open()
-    answers = AnswerCache(store, embedder, settings.answer_cache_max_per_context)
+    answers = AnswerCache(store, embedder, settings.answer_cache_max_per_context,
+                          settings.answer_cache_max_per_tenant)
     await answers.open()
     mongo = connect_mongo(mongo_settings)
     router_channel = open_channel(MeshSettings().router_addr)

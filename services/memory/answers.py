@@ -7,8 +7,9 @@ TTL; expired entries are never returned and are swept every ``sweep_seconds``.
 
 Entries are a second Milvus collection beside the memories, the tenant as its partition key, on the vector
 store's one client and thread. As for memories, a Lite file is searched through an in-process mirror (one
-small matrix per tenant and context, at most ``max_per_context`` entries, the oldest dropped first), a
-cluster by Milvus itself.
+small matrix per tenant and context, at most ``max_per_context`` entries and ``max_per_tenant`` in all, the
+tenant's oldest dropped first: a tenant that keeps many answers only ever pushes out its own), a cluster by
+Milvus itself.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class _Shelf:
         self._matrix = None
         return dropped
 
+    def pop_oldest(self) -> str:
+        self._matrix = None
+        self.vectors.pop(0)
+        return self.entries.pop(0).id
+
     def drop(self, keep: Iterable[bool]) -> int:
         kept = [(e, v) for (e, v), k in zip(zip(self.entries, self.vectors, strict=True), keep, strict=True) if k]
         gone = len(self.entries) - len(kept)
@@ -103,12 +109,14 @@ class _Shelf:
 
 class AnswerCache:
     def __init__(self, store: VectorStore, embedder: BatchingEmbedder, max_per_context: int = 512,
-                 sweep_seconds: float = 60.0) -> None:
+                 max_per_tenant: int = 10_000, sweep_seconds: float = 60.0) -> None:
         self._store = store
         self._embedder = embedder
         self._cap = max_per_context
+        self._tenant_cap = max_per_tenant
         self._sweep_seconds = sweep_seconds
-        self._mirror: dict[tuple[str, str], _Shelf] | None = {} if store.mirror is not None else None
+        # tenant → context → its answers
+        self._mirror: dict[str, dict[str, _Shelf]] | None = {} if store.mirror is not None else None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -137,18 +145,30 @@ class AnswerCache:
             client.create_collection(COLLECTION, schema=schema, index_params=index)
         client.load_collection(COLLECTION)
         if self._mirror is not None:
-            now = _now_ms()
-            rows = client.query(COLLECTION, filter=f"expires_at > {now}", output_fields=[*_FIELDS, "vector"],
-                                limit=16_384)
-            for row in sorted(rows, key=lambda r: int(r["created_at"])):
-                entry = CachedAnswer.from_row(row)
-                self._shelf(entry.tenant, entry.context).put(entry, np.asarray(row["vector"], dtype=np.float32),
-                                                             self._cap)
+            now, page = _now_ms(), 10_000
+            rows: list[dict[str, object]] = []
+            while True:
+                found = client.query(COLLECTION, filter=f"expires_at > {now}", output_fields=[*_FIELDS, "vector"],
+                                     limit=page, offset=len(rows))
+                rows += found
+                if len(found) < page:
+                    break
+            for row in sorted(rows, key=lambda r: int(r["created_at"])):  # type: ignore[call-overload]
+                self._keep(CachedAnswer.from_row(row), np.asarray(row["vector"], dtype=np.float32))
             self._count()
 
-    def _shelf(self, tenant: str, context: str) -> _Shelf:
+    def _keep(self, entry: CachedAnswer, vector: np.ndarray) -> list[str]:
+        """Put ``entry`` in the mirror; the ids of the tenant's oldest answers dropped to stay within the caps."""
         assert self._mirror is not None
-        return self._mirror.setdefault((tenant, context), _Shelf())
+        shelves = self._mirror.setdefault(entry.tenant, {})
+        dropped = shelves.setdefault(entry.context, _Shelf()).put(entry, vector, self._cap)
+        while sum(len(shelf.entries) for shelf in shelves.values()) > self._tenant_cap:
+            context, oldest = min(((c, s) for c, s in shelves.items() if s.entries),
+                                  key=lambda pair: pair[1].entries[0].created_at_ms)
+            dropped.append(oldest.pop_oldest())
+            if not oldest.entries:
+                del shelves[context]
+        return dropped
 
     async def lookup(self, tenant: str, context: str, question: str, min_score: float,
                      top_k: int) -> list[tuple[CachedAnswer, float]]:
@@ -156,7 +176,7 @@ class AnswerCache:
         vector = (await self._embedder.embed([question], query=True))[0]
         model, now = self._embedder.model_id, _now_ms()
         if self._mirror is not None:
-            shelf = self._mirror.get((tenant, context))
+            shelf = self._mirror.get(tenant, {}).get(context)
             return [] if shelf is None else shelf.nearest(vector, model, now, top_k, min_score)
         where = (f"tenant == {json.dumps(tenant)} and context == {json.dumps(context)} and "
                  f"model == {json.dumps(model)} and expires_at > {now}")
@@ -175,7 +195,7 @@ class AnswerCache:
                              now + ttl_seconds * 1000)
         await self._store.run(self._store.client.upsert, COLLECTION, [entry.to_row(vector)])
         if self._mirror is not None:
-            dropped = self._shelf(tenant, context).put(entry, vector, self._cap)
+            dropped = self._keep(entry, vector)
             if dropped:
                 await self._store.run(self._store.client.delete, COLLECTION, ids=dropped)
             self._count()
@@ -198,10 +218,13 @@ class AnswerCache:
         if ids:
             await self._store.run(self._store.client.delete, COLLECTION, ids=ids)
         if self._mirror is not None:
-            for key, shelf in list(self._mirror.items()):
-                shelf.drop(not matches(e) for e in shelf.entries)
-                if not shelf.entries:
-                    del self._mirror[key]
+            for tenant, shelves in list(self._mirror.items()):
+                for context, shelf in list(shelves.items()):
+                    shelf.drop(not matches(e) for e in shelf.entries)
+                    if not shelf.entries:
+                        del shelves[context]
+                if not shelves:
+                    del self._mirror[tenant]
             self._count()
         return len(ids)
 
@@ -218,7 +241,8 @@ class AnswerCache:
 
     def _count(self) -> None:
         if self._mirror is not None:
-            ANSWER_CACHE_ENTRIES.set(sum(len(s.entries) for s in self._mirror.values()))
+            ANSWER_CACHE_ENTRIES.set(sum(len(s.entries) for shelves in self._mirror.values()
+                                         for s in shelves.values()))
 
 
 def _now_ms() -> int:

@@ -39,4 +39,8 @@ class MemorySettings(MoteurSettings):
         512, ge=1, le=100_000, description="Answers the response cache keeps per tenant and context in its "
         "in-process mirror (a Lite file); the oldest go first."
     )
+    answer_cache_max_per_tenant: int = Field(
+        10_000, ge=1, le=10_000_000, description="Answers the response cache keeps per tenant in its in-process "
+        "mirror (a Lite file); the tenant's oldest go first."
+    )
     extraction_timeout_seconds: float = Field(30.0, gt=0, description="Longest a model may take to extract facts.")
