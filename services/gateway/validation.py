@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
@@ -20,8 +20,6 @@ MAX_TITLE_CHARS = 256
 MAX_METADATA_ENTRIES = 32
 MAX_PAGE_SESSIONS = 100
 MAX_PAGE_MESSAGES = 500
-MAX_STOP_SEQUENCES = 4  # as OpenAI's API
-MAX_STOP_CHARS = 256
 _MODEL_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,64}$")
 
 
@@ -94,27 +92,6 @@ def acting_user(identity: Identity, requested: str) -> str:
 
 def scope(identity: Identity, user: str) -> Scope:
     return Scope(identity.tenant, user or None)
-
-
-def temperature(value: float | None, field: str = "temperature") -> float | None:
-    if value is not None and not 0 <= value <= 2:  # NaN is refused too
-        raise InvalidArgument(field, f"between 0 and 2, got {value:g}")
-    return value
-
-
-def top_p(value: float | None, field: str = "top_p") -> float | None:
-    if value is not None and not 0 < value <= 1:  # NaN is refused too
-        raise InvalidArgument(field, f"above 0 and at most 1, got {value:g}")
-    return value
-
-
-def stop_sequences(values: Sequence[str], field: str = "stop") -> tuple[str, ...]:
-    if len(values) > MAX_STOP_SEQUENCES:
-        raise InvalidArgument(field, f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(values)}")
-    for index, value in enumerate(values):
-        if not 0 < len(value) <= MAX_STOP_CHARS:
-            raise InvalidArgument(f"{field}[{index}]", f"1 to {MAX_STOP_CHARS} characters")
-    return tuple(values)
 
 
 def json_schema(text: str, field: str = "json_schema") -> str:

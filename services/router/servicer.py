@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 
 from moteur.router.orchestrator import CompletionRequest, ModelRouter, RoutedCompletion
 from moteur.router.providers import ModelTool, ToolCall, Turn
 from moteur.router.registry import Route
-from moteur.runtime import jsontext
+from moteur.runtime import sampling
 from moteur.runtime.errors import InvalidArgument
 from moteur.runtime.identity import MODELS_REVISION_HEADER, mesh_identity
 from moteur.runtime.protonames import ROLE_NAMES
@@ -97,12 +96,6 @@ def _from_proto(request: router_pb2.CompleteRequest, tier: str) -> CompletionReq
         raise InvalidArgument("messages", f"at most {MAX_MESSAGES} messages, got {len(request.messages)}")
     if not 0 <= request.max_output_tokens <= MAX_OUTPUT_TOKENS:
         raise InvalidArgument("max_output_tokens", f"must be between 0 and {MAX_OUTPUT_TOKENS}")
-    if request.HasField("temperature") and not 0 <= request.temperature <= 2:
-        raise InvalidArgument("temperature", "must be between 0 and 2")
-    if request.HasField("top_p") and not 0 < request.top_p <= 1:
-        raise InvalidArgument("top_p", "must be above 0 and at most 1")
-    if len(request.stop) > 4:
-        raise InvalidArgument("stop", "at most 4 stop sequences")
     if request.request_type and request.request_type not in _TYPES:
         raise InvalidArgument("request_type", f"unknown request type {request.request_type}")
     tools = _tools(request)
@@ -115,11 +108,11 @@ def _from_proto(request: router_pb2.CompleteRequest, tier: str) -> CompletionReq
         model_hint=request.model_hint,
         tier=tier,
         max_output_tokens=request.max_output_tokens,
-        temperature=request.temperature if request.HasField("temperature") else None,
-        top_p=request.top_p if request.HasField("top_p") else None,
-        stop=list(request.stop),
+        temperature=sampling.temperature(request.temperature if request.HasField("temperature") else None),
+        top_p=sampling.top_p(request.top_p if request.HasField("top_p") else None),
+        stop=list(sampling.stop_sequences(request.stop)),
         json_output=request.json_output or bool(request.json_schema),
-        json_schema=_schema(request.json_schema) if request.json_schema else None,
+        json_schema=parse_schema("json_schema", request.json_schema) if request.json_schema else None,
         tools=tools,
         tool_choice="" if request.tool_choice == "auto" else request.tool_choice,
         allow_model_substitution=request.allow_model_substitution,
@@ -160,16 +153,6 @@ def _tools(request: router_pb2.CompleteRequest) -> tuple[ModelTool, ...]:
     if choice not in ("", "auto", "none") and not tools:
         raise InvalidArgument("tool_choice", f"{choice!r} needs tools to choose from")
     return tools
-
-
-def _schema(text: str) -> dict[str, Any]:
-    try:
-        schema = jsontext.loads(text)
-    except ValueError as exc:
-        raise InvalidArgument("json_schema", f"is not JSON: {exc}") from None
-    if not isinstance(schema, dict):
-        raise InvalidArgument("json_schema", "must be a JSON object (a JSON Schema)")
-    return schema
 
 
 def _to_proto(result: RoutedCompletion) -> router_pb2.CompleteResponse:

@@ -33,6 +33,7 @@ from moteur.gateway.turns import (
     TurnStarted,
 )
 from moteur.gateway.usage import TokenUsage
+from moteur.runtime import sampling
 from moteur.runtime.errors import InvalidArgument
 from moteur.runtime.identity import Identity
 from moteur.runtime.protonames import ROLES
@@ -71,9 +72,9 @@ def turn_input(identity: Identity, request: gateway_pb2.ChatRequest) -> TurnInpu
         output_format=check_format(check.enum_value(common_pb2.FileFormat, request.output_format, "output_format"),
                                    request.output_template),
         output_template=check.text_at_most(request.output_template, "output_template", 64),
-        temperature=check.temperature(request.temperature if request.HasField("temperature") else None),
-        top_p=check.top_p(request.top_p if request.HasField("top_p") else None),
-        stop=check.stop_sequences(request.stop),
+        temperature=sampling.temperature(request.temperature if request.HasField("temperature") else None),
+        top_p=sampling.top_p(request.top_p if request.HasField("top_p") else None),
+        stop=sampling.stop_sequences(request.stop),
         json_schema=check.json_schema(request.json_schema),
         json_output=request.json_output or bool(request.json_schema),
     )

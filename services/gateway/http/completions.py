@@ -21,6 +21,7 @@ from moteur.gateway.http.bodies import Body
 from moteur.gateway.sessions import Role, StoredMessage, new_message
 from moteur.gateway.tooling import client_tools, tool_choice
 from moteur.gateway.turns import REQUIRES_ACTION, TextDelta, TurnEvent, TurnInput, TurnResult
+from moteur.runtime import sampling
 from moteur.runtime.errors import InvalidArgument
 from moteur.runtime.identity import Identity
 from moteur.v1 import common_pb2, gateway_pb2
@@ -107,11 +108,11 @@ class ChatCompletionRequest(Body):
     response_format: _ResponseFormat | None = None
     max_tokens: int | None = Field(None, ge=0)
     max_completion_tokens: int | None = Field(None, ge=0)
-    temperature: float | None = Field(None, ge=0, le=2)
+    temperature: float | None = None
     top_p: float | None = None
     n: int = 1
     logprobs: bool = False
-    stop: str | list[str] | None = Field(None, max_length=4)
+    stop: str | list[str] | None = None
     user: str = ""
 
     @property
@@ -159,9 +160,9 @@ def turn_input(identity: Identity, request: ChatCompletionRequest, headers: Mapp
         client_tools=client_tools([gateway_pb2.ToolSpec(name=t.function.name, description=t.function.description,
                                                         input_schema_json=json.dumps(t.function.parameters))
                                    for t in request.tools]),
-        json_schema=schema, json_output=json_output, history=history, temperature=request.temperature,
-        top_p=check.top_p(request.top_p),
-        stop=check.stop_sequences((request.stop,) if isinstance(request.stop, str) else request.stop or ()),
+        json_schema=schema, json_output=json_output, history=history,
+        temperature=sampling.temperature(request.temperature), top_p=sampling.top_p(request.top_p),
+        stop=sampling.stop_sequences((request.stop,) if isinstance(request.stop, str) else request.stop or ()),
     )
 
 
