@@ -43,8 +43,10 @@ def test_a_near_miss_is_another_question(first: str, second: str) -> None:
 def _context(cache: ResponseCache, turn: TurnInput, policy: CachePolicy | None = None,
              prompt: tuple[router_pb2.PromptMessage, ...] = (), tools: tuple[router_pb2.ModelTool, ...] = (),
              tenant: str = "acme", tier: str = "standard") -> str | None:
-    return cache.context(Identity(tenant=tenant, tier=tier, user="ana"), turn, policy or CachePolicy(enabled=True),
-                         list(prompt), list(tools))
+    policy = policy or CachePolicy(enabled=True)
+    if not cache.asked(turn, policy):  # as the conversation asks it
+        return None
+    return cache.context(Identity(tenant=tenant, tier=tier, user="ana"), turn, policy, list(prompt), list(tools))
 
 
 def test_the_context_digest_changes_with_what_the_answer_depends_on() -> None:

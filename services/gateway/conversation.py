@@ -171,7 +171,7 @@ class Conversation:
         memory = recollection.prompt()
         loop = _Loop(turn, question, self._history(session, memory), tools, memory, _memory_summary(recollection),
                      self._loop_deadline(), lease=lease)
-        if self._cache is not None:
+        if self._cache is not None and self._cache.asked(turn, switches.response_cache):
             loop.cache_context = self._cache.context(identity, turn, switches.response_cache, loop.prompt,
                                                      tools.model_tools())
         if turn.message:  # a stateless turn may go on from tool results instead

@@ -65,12 +65,16 @@ class ResponseCache:
         self._top_k = top_k
         self._keeping: set[asyncio.Task[None]] = set()
 
+    @staticmethod
+    def asked(turn: TurnInput, policy: CachePolicy) -> bool:
+        """Whether the cache is on for this turn: for the tenant and the request type, and not refused by the
+        caller. Checked first, so that a turn the cache is off for builds nothing for it."""
+        return turn.use_cache and policy.covers(turn.request_type)
+
     def context(self, identity: Identity, turn: TurnInput, policy: CachePolicy,
                 prompt: Sequence[router_pb2.PromptMessage], tools: Sequence[router_pb2.ModelTool]) -> str | None:
-        """The digest of what the answer to ``turn`` depends on besides its question, or None when the cache is
-        not to be asked (off for the tenant or the request type, turned off by the caller, or not cacheable)."""
-        if not (turn.use_cache and policy.covers(turn.request_type)):
-            return None
+        """The digest of what the answer to a turn the cache is asked for (:meth:`asked`) depends on besides its
+        question, or None when the turn is not cacheable."""
         earlier = sum(1 for m in prompt if m.role != common_pb2.ROLE_SYSTEM)
         if not turn.message or turn.output_format or earlier > self._max_history:
             RESPONSE_CACHE.labels("skip").inc()
