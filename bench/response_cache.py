@@ -149,16 +149,13 @@ async def through_the_mesh(stack: LocalStack, groups: list[Group]) -> str:
                 else:
                     misses.append(seconds)
 
-    def p50(values: list[float]) -> str:
-        return f"{statistics.median(values) * 1000:.1f} ms" if values else "-"
-
     return "\n".join([
         f"questions typed again answered from the cache: {retyped_hits}/{len(groups)}",
         f"paraphrases answered from the cache: {paraphrase_hits}/{asked_paraphrases} "
         f"({paraphrase_hits / asked_paraphrases:.0%}); false hits: {false_hits} "
         f"(of {asked_near} near misses, {asked_paraphrases} paraphrases and {len(groups)} questions typed again)",
-        f"p50 of a turn: hit {p50(hits)} ({len(hits)}), miss {p50(misses)} ({len(misses)}), "
-        f"same turns without the cache {p50(plain)} ({len(plain)}); "
+        f"p50 of a turn: hit {_p50(hits)} ({len(hits)}), miss {_p50(misses)} ({len(misses)}), "
+        f"same turns without the cache {_p50(plain)} ({len(plain)}); "
         f"a miss adds {_added(misses, plain)} (the lookup)",
     ])
 
@@ -179,11 +176,12 @@ async def with_recall(stack: LocalStack, groups: list[Group]) -> str:
                     misses.append(seconds)
                 plain.append((await _chat(stub, plain_key, text))[1])
 
-    def p50(values: list[float]) -> str:
-        return f"{statistics.median(values) * 1000:.1f} ms" if values else "-"
-
-    return (f"with recall on: miss {p50(misses)} ({len(misses)}), the same turns without the cache {p50(plain)} "
+    return (f"with recall on: miss {_p50(misses)} ({len(misses)}), the same turns without the cache {_p50(plain)} "
             f"({len(plain)}); a miss adds {_added(misses, plain)}")
+
+
+def _p50(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:.1f} ms" if values else "-"
 
 
 def _added(misses: list[float], plain: list[float]) -> str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from moteur.gateway.api.convert import cache_policy
 from moteur.gateway.response_cache import ResponseCache
 from moteur.gateway.tenants import CachePolicy
 from moteur.gateway.turns import TurnInput
 from moteur.gateway.wording import same_question
+from moteur.runtime.errors import InvalidArgument
 from moteur.runtime.identity import Identity
-from moteur.v1 import common_pb2, router_pb2
+from moteur.v1 import common_pb2, gateway_pb2, router_pb2
 
 
 @pytest.mark.parametrize(("first", "second"), [
@@ -95,3 +97,10 @@ def test_a_tenant_policy_reads_back_as_stored() -> None:
     policy = CachePolicy(True, (common_pb2.REQUEST_TYPE_CHAT,), 600, since_ms=42)
     assert CachePolicy.from_doc(policy.as_doc()) == policy
     assert CachePolicy.from_doc(None) == CachePolicy() and not CachePolicy().enabled
+
+
+@pytest.mark.parametrize("request_types", [[0], [common_pb2.REQUEST_TYPE_CHAT, 99]])
+def test_a_request_type_the_cache_cannot_answer_is_refused_naming_it(request_types: list[int]) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        cache_policy(gateway_pb2.ResponseCacheSettings(enabled=True, request_types=request_types))
+    assert refused.value.violations[0].field == f"response_cache.request_types[{len(request_types) - 1}]"

@@ -153,11 +153,11 @@ def cache_policy(given: gateway_pb2.ResponseCacheSettings) -> CachePolicy:
         raise InvalidArgument("response_cache.ttl_seconds", f"{MIN_CACHE_TTL_SECONDS} to {MAX_CACHE_TTL_SECONDS:,} "
                                                             f"(0 means {DEFAULT_CACHE_TTL_SECONDS:,}), got "
                                                             f"{given.ttl_seconds}")
-    known = set(common_pb2.RequestType.values()) - {common_pb2.REQUEST_TYPE_UNSPECIFIED}
     for index, request_type in enumerate(given.request_types):
-        if request_type not in known:
-            names = ", ".join(sorted(common_pb2.RequestType.Name(t) for t in known))
-            raise InvalidArgument(f"response_cache.request_types[{index}]", f"one of {names}")
+        field = f"response_cache.request_types[{index}]"
+        if not check.enum_value(common_pb2.RequestType, request_type, field):
+            raise InvalidArgument(field, "a request type the cache answers, not REQUEST_TYPE_UNSPECIFIED (leave the "
+                                         "list empty for every one)")
     return CachePolicy(given.enabled, tuple(sorted(set(given.request_types))),
                        given.ttl_seconds or DEFAULT_CACHE_TTL_SECONDS)
 
