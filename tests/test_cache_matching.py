@@ -12,6 +12,7 @@ from moteur.gateway.turns import TurnInput
 from moteur.gateway.wording import same_question
 from moteur.runtime.errors import InvalidArgument
 from moteur.runtime.identity import Identity
+from moteur.runtime.memory_limits import MAX_TEXT_CHARS
 from moteur.v1 import common_pb2, gateway_pb2, router_pb2
 
 
@@ -87,6 +88,9 @@ def test_the_cache_is_asked_only_when_the_tenant_and_the_turn_allow_it() -> None
     assert _context(cache, TurnInput("", "ana", question, request_type=common_pb2.REQUEST_TYPE_SUMMARIZE),
                     policy=summaries) is not None
     assert _context(cache, TurnInput("", "ana", question, output_format=common_pb2.FILE_FORMAT_PDF)) is None
+    longest = "word " * (MAX_TEXT_CHARS // 5)
+    assert _context(cache, TurnInput("", "ana", longest)) is not None
+    assert _context(cache, TurnInput("", "ana", longest + "more")) is None  # memory would keep it cut short
     said = [router_pb2.PromptMessage(role=common_pb2.ROLE_USER, content="hi"),
             router_pb2.PromptMessage(role=common_pb2.ROLE_ASSISTANT, content="hello")]
     assert _context(cache, TurnInput("", "ana", question), prompt=tuple(said)) is not None  # a short history

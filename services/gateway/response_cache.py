@@ -7,7 +7,7 @@ the router's registry revision (a new registry — models, routes, system prompt
 unreachable), the tools offered, and the prompt before the question: recalled memories and at most
 ``max_history`` earlier messages (a longer conversation is not cached). The question is looked up by meaning:
 memory embeds it and returns the kept questions within ``min_score`` (cosine). A hit also needs the same
-question in words (moteur.gateway.wording.same_question: function words, politeness, casing, punctuation,
+question in words (moteur.gateway.wording.same_words: function words, politeness, casing, punctuation,
 inflection and how numbers are written may differ; content words and their order may not). The embedding alone
 cannot be trusted: on ``evals/cache.yaml`` the nearest near miss ("Convert 5 miles to km" for "Convert 5 km to
 miles") scores 0.998, above every paraphrase — see ``python -m bench response_cache``. Only plain answers are
@@ -33,7 +33,7 @@ import structlog
 from moteur.gateway.metrics import RESPONSE_CACHE, RESPONSE_CACHE_SCORE, RESPONSE_CACHE_SECONDS, RESPONSE_CACHE_STORES
 from moteur.gateway.tenants import CachePolicy
 from moteur.gateway.turns import TurnInput
-from moteur.gateway.wording import same_question
+from moteur.gateway.wording import question_words, same_words
 from moteur.runtime.channels import mesh_metadata
 from moteur.runtime.identity import Identity
 from moteur.runtime.memory_limits import MAX_TEXT_CHARS
@@ -76,7 +76,9 @@ class ResponseCache:
         """The digest of what the answer to a turn the cache is asked for (:meth:`asked`) depends on besides its
         question, or None when the turn is not cacheable."""
         earlier = sum(1 for m in prompt if m.role != common_pb2.ROLE_SYSTEM)
-        if not turn.message or turn.output_format or earlier > self._max_history:
+        # A question longer than memory keeps one would be compared cut short: it is not cached.
+        if not turn.message or len(turn.message) > MAX_TEXT_CHARS or turn.output_format \
+                or earlier > self._max_history:
             RESPONSE_CACHE.labels("skip").inc()
             return None
         digest = hashlib.sha256()
@@ -92,7 +94,7 @@ class ResponseCache:
     async def lookup(self, identity: Identity, context: str, question: str) -> CachedTurn | None:
         """The kept answer to the nearest question within ``min_score`` that says the same words, if any."""
         started = time.perf_counter()
-        request = memory_pb2.LookupAnswerRequest(context=context, question=question[:MAX_TEXT_CHARS],
+        request = memory_pb2.LookupAnswerRequest(context=context, question=question,
                                                  min_score=self.min_score, top_k=self._top_k)
         try:
             found = await self._memory.LookupAnswer(request, metadata=mesh_metadata(identity), timeout=self._timeout)
@@ -100,8 +102,9 @@ class ResponseCache:
             self._count("unavailable", started)
             log.warning("response_cache.unavailable", code=exc.code().name, error=(exc.details() or "")[:200])
             return None
+        asked = question_words(question)
         for kept in found.answers:
-            if not same_question(kept.question, question):
+            if not same_words(question_words(kept.question), asked):
                 continue
             try:
                 answer = json.loads(kept.answer_json)
@@ -120,7 +123,7 @@ class ResponseCache:
              route: str, ttl_seconds: int) -> None:
         """Keep an answer for later questions near this one, in the background."""
         answer = json.dumps({"content": content, "model": model, "route": route})
-        request = memory_pb2.StoreAnswerRequest(context=context, question=question[:MAX_TEXT_CHARS],
+        request = memory_pb2.StoreAnswerRequest(context=context, question=question,
                                                 answer_json=answer, ttl_seconds=ttl_seconds, user_id=user)
 
         async def store() -> None:

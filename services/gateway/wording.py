@@ -52,17 +52,24 @@ def content_stems(text: str) -> frozenset[str]:
     return frozenset(stemmer.stemWord(w) for w in words for stemmer in _STEMMERS)
 
 
+QuestionWords = tuple[frozenset[str] | str, ...]
+
+
 def same_question(first: str, second: str) -> bool:
     """True when the two say the same content words (stemmed in English or French) in the same order, and the
     same numbers ("1,000" is "1000", "5.0" is "5")."""
-    words, others = _question_words(first), _question_words(second)
+    return same_words(question_words(first), question_words(second))
+
+
+def same_words(words: QuestionWords, others: QuestionWords) -> bool:
     return len(words) == len(others) and all(
         word & other if isinstance(word, frozenset) and isinstance(other, frozenset) else word == other
         for word, other in zip(words, others, strict=True))
 
 
-@lru_cache(maxsize=4096)
-def _question_words(text: str) -> tuple[frozenset[str] | str, ...]:
+def question_words(text: str) -> QuestionWords:
+    """A question's content words in order, each the set of its stems (or a number, normalised). Not cached: a
+    question may be long, and one per word would make a cache of them cost megabytes each."""
     words: list[frozenset[str] | str] = []
     for word in _WORD.findall(_NUMBER.sub(lambda m: f" {_number(m.group())} ", text.lower().replace("\u2019", "'"))):
         if word in _FUNCTION_WORDS:
