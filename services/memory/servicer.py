@@ -36,6 +36,8 @@ _CONTEXT = re.compile(r"[0-9a-f]{64}")
 MAX_CACHE_TOP_K = 16
 MAX_ANSWER_BYTES = 65_535
 MAX_ANSWER_TTL_SECONDS = 7 * 24 * 3600
+# The collections' columns are bounded (store.py, answers.py): longer values are the caller's mistake.
+ID_BYTES, USER_ID_BYTES, SESSION_ID_BYTES = 64, 128, 64
 
 _KINDS: dict[memory_pb2.MemoryKind, Kind] = {
     memory_pb2.MEMORY_KIND_MESSAGE: "message", memory_pb2.MEMORY_KIND_FACT: "fact",
@@ -77,12 +79,10 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
             raise InvalidArgument("records", f"between 1 and {MAX_TEXTS} records, got {len(request.records)}")
         for index, given in enumerate(request.records):
             _text(given.text, f"records[{index}].text")
-            # The collection's columns are bounded (store.py): longer values are the caller's mistake.
-            for name, value, limit in (("id", given.id, 64), ("user_id", given.user_id, 128),
-                                       ("session_id", given.session_id, 64),
+            for name, value, limit in (("id", given.id, ID_BYTES), ("user_id", given.user_id, USER_ID_BYTES),
+                                       ("session_id", given.session_id, SESSION_ID_BYTES),
                                        ("source_ids", ",".join(given.source_ids), 2048)):
-                if len(value.encode()) > limit:
-                    raise InvalidArgument(f"records[{index}].{name}", f"at most {limit} bytes")
+                _at_most(value, f"records[{index}].{name}", limit)
         records = []
         for index, r in enumerate(request.records):
             kind = _KINDS.get(r.kind)
@@ -143,10 +143,10 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         identity = mesh_identity(context)
         if request.document_id and not _DOCUMENT_ID.fullmatch(request.document_id):
             raise InvalidArgument("document_id", "1 to 48 characters among letters, digits, '_' and '-'")
-        for name, value, limit in (("user_id", request.user_id, 128), ("session_id", request.session_id, 64),
-                                   *(("ids", i, 64) for i in request.ids)):
-            if len(value.encode()) > limit:
-                raise InvalidArgument(name, f"at most {limit} bytes")
+        for name, value, limit in (("user_id", request.user_id, USER_ID_BYTES),
+                                   ("session_id", request.session_id, SESSION_ID_BYTES),
+                                   *(("ids", i, ID_BYTES) for i in request.ids)):
+            _at_most(value, name, limit)
         if request.document_id:
             return memory_pb2.DeleteMemoriesResponse(
                 deleted=await self._documents.delete(identity.tenant, request.document_id, request.user_id))
@@ -258,8 +258,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         identity = mesh_identity(context)
         _user_id(request.user_id, "facts are about a user: name them")
         _text(request.user_message, "user_message")
-        if len(request.session_id.encode()) > 64:
-            raise InvalidArgument("session_id", "at most 64 bytes")
+        _at_most(request.session_id, "session_id", SESSION_ID_BYTES)
         if len(request.assistant_message) > MAX_REPLY_CHARS:
             raise InvalidArgument("assistant_message", f"at most {MAX_REPLY_CHARS:,} characters")
         created_ms = created_ms_of(request.source_ids)
@@ -320,12 +319,16 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
 
 
 def _user_id(user_id: str, required: str = "") -> str:
-    """A user id as the collections hold it (at most 128 bytes); ``required`` says why when it may not be empty."""
+    """A user id as the collections hold it; ``required`` says why when it may not be empty."""
     if required and not user_id:
         raise InvalidArgument("user_id", required)
-    if len(user_id.encode()) > 128:
-        raise InvalidArgument("user_id", "at most 128 bytes")
-    return user_id
+    return _at_most(user_id, "user_id", USER_ID_BYTES)
+
+
+def _at_most(value: str, field: str, limit: int) -> str:
+    if len(value.encode()) > limit:
+        raise InvalidArgument(field, f"at most {limit} bytes")
+    return value
 
 
 def _texts(texts: list[str], field: str) -> list[str]:
